@@ -1,0 +1,178 @@
+"""The one checkpoint format, written atomically, loaded with ``weights_only=True``.
+
+A checkpoint is one dict: model, optimizer, scheduler, epoch, step, rng, best_metric,
+config, git_sha (plus format, arch and extra). A kill during a save leaves the
+previous file intact: we write a temp file, fsync it, then ``os.replace`` it.
+"""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import subprocess
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from simclr_ad.errors import UserError
+
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointError(UserError):
+    pass
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old or the new file, never a torn one."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise CheckpointError(f"cannot write {path}: {err.strerror or err}") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise CheckpointError(f"cannot write {path}: {err.strerror or err} "
+                              "(the previous file, if any, is intact)") from None
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save(obj: dict[str, Any], path: str | Path) -> None:
+    """Serialise with torch.save into memory, then write atomically."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint or state_dict safely; any failure is one clear CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"refusing to load {path}: it holds objects other than tensors and plain "
+                              f"data (weights_only=True): {str(err).splitlines()[0][:160]}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a torch file): "
+                              f"{str(err).splitlines()[0][:160] if str(err) else type(err).__name__}") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} does not hold a dict (got {type(obj).__name__})")
+    fmt = obj.get("format", CHECKPOINT_FORMAT) if "model" in obj else CHECKPOINT_FORMAT
+    if isinstance(fmt, int) and fmt > CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} was written by a newer simclr_ad (checkpoint format {fmt}, "
+                              f"this version reads {CHECKPOINT_FORMAT}); upgrade simclr_ad")
+    return obj
+
+
+def state_dict_of(obj: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The model weights of a full checkpoint, or the dict itself if it is a plain state_dict."""
+    if "model" in obj and isinstance(obj["model"], dict):
+        return obj["model"]
+    if all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    raise CheckpointError("file is neither a simclr_ad checkpoint nor a state_dict of tensors")
+
+
+def git_sha() -> Optional[str]:
+    """The SHA of the checkout this package runs from, '+dirty' if modified; None outside git."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def make(model: torch.nn.Module, optimizer, scheduler, epoch: int, step: int, best_metric: float | None,
+         config: dict[str, Any], arch: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Assemble the one checkpoint dict."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "epoch": epoch,
+        "step": step,
+        "rng": rng_state(),
+        "best_metric": best_metric,
+        "config": config,
+        "git_sha": git_sha(),
+        "arch": arch,
+        "extra": extra or {},
+    }
+
+
+def prepare_run_dir(path: str | Path) -> Path:
+    """Create the run dir; an ``--out`` that is a file, or is not writable, is one clear error."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"--out {path} is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise CheckpointError(f"cannot write to run dir {path}: {err.strerror or err}") from None
+    return path
+
+
+def restore(path: Path, model: torch.nn.Module, optimizer=None, scheduler=None,
+            arch: str | None = None) -> dict[str, Any] | None:
+    """Resume from ``path`` if it exists: weights, optimizer, scheduler and RNG; returns the dict."""
+    if not path.is_file():
+        return None
+    ckpt = load(path)
+    if arch is not None and ckpt.get("arch") not in (None, arch):
+        raise CheckpointError(f"{path} holds a {ckpt.get('arch')} run but --arch is {arch}; "
+                              "use another --out or the same arch")
+    model.load_state_dict(ckpt["model"])
+    if optimizer is not None and ckpt.get("optimizer") is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None and ckpt.get("scheduler") is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    if ckpt.get("rng"):
+        set_rng_state(ckpt["rng"])
+    return ckpt

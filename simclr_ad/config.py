@@ -1,0 +1,352 @@
+"""Typed, frozen configs per stage: YAML file -> defaults, CLI flags -> overrides.
+
+A YAML file holds keys shared by all stages at top level, plus optional sections
+named after a stage (``pretrain:``, ``finetune:``) whose keys apply to that stage
+only. A key no stage knows, or a value of the wrong type, is an error naming it.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from simclr_ad.errors import UserError
+
+CONFIG_FORMAT = 1  # bump when a saved config can no longer be read by this code
+ARCHS = ("resnet18", "resnet50", "densenet121", "mobilenet_v2")
+
+
+class ConfigError(UserError):
+    pass
+
+
+@dataclass(frozen=True)
+class CommonConfig:
+    """Keys every stage understands."""
+
+    # data
+    data_dir: Optional[str] = None  # None: the embedded synthetic phantom dataset
+    synth_n: int = 2000  # phantom images when data_dir is None
+    synth_seed: int = 0
+    image_size: int = 128
+    strict: bool = False  # unreadable images are an error instead of a named skip
+    cache_dir: Optional[str] = None  # decoded-image cache; None: ~/.cache/simclr_ad
+    # protocol
+    splits: Optional[str] = None  # splits.json; None: computed from the data with the keys below
+    group_by: str = "default"  # default|subject|auto|image
+    val_frac: float = 0.1
+    test_frac: float = 0.2
+    split_seed: int = 0
+    # model and run
+    arch: str = "resnet50"
+    init: str = "random"
+    seed: int = 0
+    epochs: int = 100
+    batch_size: int = 64
+    out: Optional[str] = None
+    device: str = "auto"  # auto|cpu|cuda
+    precision: str = "auto"  # auto (bf16 on CPU/CUDA when supported)|bf16|fp16|fp32
+    channels_last: bool = True
+    deterministic: bool = False
+    num_threads: int = 0  # 0: all cores
+    sync_bn: bool = True  # under torchrun
+    progress: bool = True
+    format: int = CONFIG_FORMAT
+
+    def __post_init__(self) -> None:
+        _check(self.image_size >= 16, "image_size", "must be >= 16")
+        _check(self.epochs >= 0, "epochs", "must be >= 0")
+        _check(1 <= self.batch_size <= 65536, "batch_size", "must be between 1 and 65536")
+        _check(self.synth_n >= 8, "synth_n", "must be >= 8")
+        _check(self.arch in ARCHS, "arch", f"must be one of {', '.join(ARCHS)}")
+        _check(self.group_by in ("default", "subject", "auto", "image"), "group_by",
+               "must be default, subject, auto or image")
+        _check(0 < self.val_frac < 1 and 0 < self.test_frac < 1 and self.val_frac + self.test_frac < 1,
+               "val_frac/test_frac", "must be in (0, 1) and sum to less than 1")
+        _check(self.device in ("auto", "cpu", "cuda"), "device", "must be auto, cpu or cuda")
+        _check(self.precision in ("auto", "bf16", "fp16", "fp32"), "precision",
+               "must be auto, bf16, fp16 or fp32")
+        _check(self.format <= CONFIG_FORMAT, "format",
+               f"is {self.format}, newer than this simclr_ad understands ({CONFIG_FORMAT}); upgrade simclr_ad")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Strengths of the batched grayscale augmentations (see augment.py)."""
+
+    aug_crop_scale_min: float = 0.08
+    aug_crop_scale_max: float = 1.0
+    aug_flip_prob: float = 0.5
+    aug_rotate_deg: float = 10.0
+    aug_translate: float = 0.05
+    aug_brightness: float = 0.4
+    aug_contrast: float = 0.4
+    aug_gamma: float = 0.3
+    aug_blur_prob: float = 0.5
+    aug_blur_sigma: float = 1.5  # max sigma in pixels at 128 px, scaled with image size
+    aug_noise_std: float = 0.05
+
+    def __post_init__(self) -> None:
+        _check(0 < self.aug_crop_scale_min <= self.aug_crop_scale_max <= 1, "aug_crop_scale_min",
+               "needs 0 < aug_crop_scale_min <= aug_crop_scale_max <= 1")
+        for key in ("aug_flip_prob", "aug_blur_prob"):
+            _check(0 <= getattr(self, key) <= 1, key, "must be a probability in [0, 1]")
+        for key in ("aug_rotate_deg", "aug_translate", "aug_brightness", "aug_contrast", "aug_gamma",
+                    "aug_blur_sigma", "aug_noise_std"):
+            _check(getattr(self, key) >= 0, key, "must be >= 0")
+
+
+@dataclass(frozen=True)
+class PretrainConfig(AugmentConfig, CommonConfig):
+    """SimCLR pretraining. Defaults: the mission's ResNet50 / NT-Xent / SGD+ASAM protocol."""
+
+    pretrain_on: str = "all"  # all|train (train: exclude val and test images of the split)
+    optimizer: str = "sam"  # sam|sgd
+    lr: float = 1e-2
+    momentum: float = 0.9
+    weight_decay: float = 1e-6
+    sam_rho: float = 2.0
+    sam_adaptive: bool = True
+    warmup_epochs: int = 10
+    min_lr_ratio: float = 0.0
+    temperature: float = 0.5
+    proj_hidden_dim: int = 2048
+    proj_out_dim: int = 128
+    knn_k: int = 20
+    knn_t: float = 0.1
+    knn_every: int = 1  # epochs between kNN monitor evaluations; 0 disables it
+    checkpoint_every_steps: int = 0  # also save mid-epoch every N steps; 0: once per epoch
+
+    def __post_init__(self) -> None:
+        CommonConfig.__post_init__(self)
+        AugmentConfig.__post_init__(self)
+        _check(self.pretrain_on in ("all", "train"), "pretrain_on", "must be all or train")
+        _check(self.optimizer in ("sam", "sgd"), "optimizer", "must be sam or sgd")
+        _check(self.lr > 0, "lr", "must be > 0")
+        _check(self.temperature > 0, "temperature", "must be > 0")
+        _check(self.init in ("random", "imagenet") or _is_path_like(self.init), "init",
+               "must be random, imagenet or a path to a state_dict")
+        _check(self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(AugmentConfig, CommonConfig):
+    """Supervised fine-tuning / linear probing. Defaults: AdamW 1e-4, wd 1e-8, 100 epochs."""
+
+    label_frac: float = 1.0
+    init: str = "simclr"  # simclr|random|imagenet|PATH
+    encoder: Optional[str] = None  # encoder.pt for init=simclr
+    mode: str = "finetune"  # finetune|linear
+    task: str = "multiclass"  # multiclass|binary
+    positive_classes: tuple[str, ...] = ("Very_Mild_Demented", "Mild_Demented", "Moderate_Demented")
+    lr: float = 1e-4
+    weight_decay: float = 1e-8
+    dropout: float = 0.5
+    class_weights: bool = False
+    early_stop_patience: int = 20  # epochs without val balanced-accuracy gain; 0 disables
+    plateau_patience: int = 5
+    plateau_factor: float = 0.5
+    eval_batch_size: int = 256
+    # sweep mode: run the grid below, one sub-run each, skipping finished ones
+    sweep: bool = False
+    fractions: tuple[float, ...] = (0.01, 0.1, 0.2, 0.5, 1.0)
+    inits: tuple[str, ...] = ("simclr", "random")
+    modes: tuple[str, ...] = ("finetune",)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    # lighter augmentation than pretraining
+    aug_crop_scale_min: float = 0.8
+    aug_rotate_deg: float = 5.0
+    aug_translate: float = 0.02
+    aug_brightness: float = 0.1
+    aug_contrast: float = 0.1
+    aug_gamma: float = 0.1
+    aug_blur_prob: float = 0.0
+    aug_noise_std: float = 0.0
+
+    def __post_init__(self) -> None:
+        CommonConfig.__post_init__(self)
+        AugmentConfig.__post_init__(self)
+        _check(0 < self.label_frac <= 1, "label_frac", f"is {self.label_frac}; it must be in (0, 1]")
+        for frac in self.fractions:
+            _check(0 < frac <= 1, "fractions", f"contains {frac}; every fraction must be in (0, 1]")
+        _check(self.mode in ("finetune", "linear"), "mode", "must be finetune or linear")
+        for mode in self.modes:
+            _check(mode in ("finetune", "linear"), "modes", "must list finetune and/or linear")
+        _check(self.task in ("multiclass", "binary"), "task", "must be multiclass or binary")
+        for init in (self.init, *self.inits):
+            _check(init in ("simclr", "random", "imagenet") or _is_path_like(init), "init",
+                   f"{init!r} must be simclr, random, imagenet or a path to a state_dict")
+        _check(self.lr > 0, "lr", "must be > 0")
+        _check(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
+
+
+STAGES: dict[str, type] = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}' {message}")
+
+
+def _is_path_like(value: str) -> bool:
+    return "/" in value or value.endswith((".pt", ".pth"))
+
+
+# --------------------------------------------------------------------------- types
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        inner = [a for a in args if a is not type(None)]
+        return inner[0], True
+    return tp, False
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the field type ``tp``; ints are accepted for floats."""
+    inner, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"config key '{key}' must not be null")
+    if typing.get_origin(inner) is tuple:
+        item_tp = typing.get_args(inner)[0]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return tuple(_coerce(key, item, item_tp) for item in value)
+    if inner is bool:
+        if isinstance(value, bool):
+            return value
+    elif inner is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif inner is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif inner is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"config key '{key}' expects {getattr(inner, '__name__', inner)}, "
+                      f"got {type(value).__name__} {value!r}")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+# --------------------------------------------------------------------------- YAML
+
+def read_yaml_config(path: str | Path, stage: str) -> dict[str, Any]:
+    """Return the keys of ``path`` that apply to ``stage``, validated against every stage."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys")
+    known = {name for cls in STAGES.values() for name in _field_types(cls)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in STAGES:
+            if not isinstance(value, dict):
+                raise ConfigError(f"config section '{key}' in {path} must be a mapping")
+            for sub_key in value:
+                if sub_key not in _field_types(STAGES[key]):
+                    raise ConfigError(f"unknown config key '{key}.{sub_key}' in {path}")
+        elif key not in known:
+            raise ConfigError(f"unknown config key '{key}' in {path}")
+    own = _field_types(STAGES[stage])
+    for key, value in raw.items():
+        if key in own:
+            values[key] = _coerce(key, value, own[key])
+    for key, value in (raw.get(stage) or {}).items():
+        values[key] = _coerce(f"{stage}.{key}", value, own[key])
+    return values
+
+
+# --------------------------------------------------------------------------- CLI
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:  # one line, exit 2, no usage dump
+        raise ConfigError(message)
+
+
+def build_parser(cls: type, description: str) -> argparse.ArgumentParser:
+    parser = _Parser(description=description, allow_abbrev=False)
+    parser.add_argument("--config", help="YAML file with defaults (CLI flags override it)")
+    for name, tp in _field_types(cls).items():
+        if name == "format":
+            continue
+        inner, _ = _unwrap_optional(tp)
+        flag = "--" + name.replace("_", "-")
+        default = getattr(cls, name, None)
+        if inner is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"(default: {default})")
+        elif typing.get_origin(inner) is tuple:
+            item = typing.get_args(inner)[0]
+            parser.add_argument(flag, dest=name, nargs="+", type=item, default=None,
+                                help=f"(default: {' '.join(map(str, default))})")
+        else:
+            parser.add_argument(flag, dest=name, type=inner, default=None, help=f"(default: {default})")
+    return parser
+
+
+def parse_config(cls: type, stage: str, argv: list[str] | None, description: str = "",
+                 parser: argparse.ArgumentParser | None = None) -> Any:
+    """Resolve ``cls`` from dataclass defaults < ``--config`` YAML < CLI flags."""
+    parser = parser or build_parser(cls, description)
+    args = parser.parse_args(argv)
+    values: dict[str, Any] = {}
+    if args.config:
+        values.update(read_yaml_config(args.config, stage))
+    for name in _field_types(cls):
+        cli_value = getattr(args, name, None)
+        if cli_value is not None:
+            values[name] = tuple(cli_value) if isinstance(cli_value, list) else cli_value
+    return cls(**values)
+
+
+def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """Rebuild a config saved by ``config_to_dict``; unknown keys and wrong types are errors."""
+    own = _field_types(cls)
+    unknown = sorted(set(values) - set(own))
+    if unknown:
+        raise ConfigError(f"unknown config key '{unknown[0]}' (saved by a different simclr_ad version?)")
+    return cls(**{k: _coerce(k, v, own[k]) for k, v in values.items()})
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain dict (tuples as lists) for YAML, JSON and checkpoints."""
+    out = {}
+    for key, value in dataclasses.asdict(cfg).items():
+        out[key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def write_config(cfg: Any, path: str | Path) -> None:
+    from simclr_ad.checkpoint import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def replace(cfg: Any, **changes: Any) -> Any:
+    return dataclasses.replace(cfg, **changes)

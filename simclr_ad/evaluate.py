@@ -1,0 +1,91 @@
+"""Inference and metrics: embeddings, class probabilities, kNN monitor, slice and subject metrics."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightly.utils.benchmarking import knn_predict
+from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
+                             precision_recall_fscore_support)
+
+from simclr_ad import augment
+from simclr_ad.runtime import Runtime
+
+
+@torch.no_grad()
+def _batched(fn, images: torch.Tensor, size: int, rt: Runtime, batch_size: int) -> torch.Tensor:
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        x = rt.to_input(augment.prepare(images[start:start + batch_size].to(rt.device), size))
+        with rt.autocast():
+            outputs.append(fn(x).float().cpu())
+    return torch.cat(outputs) if outputs else torch.empty(0)
+
+
+def embed(backbone: torch.nn.Module, images: torch.Tensor, size: int, rt: Runtime,
+          batch_size: int = 256) -> torch.Tensor:
+    """L2-normalised backbone features [N, D] of uint8 images [N,1,H,W] (eval mode, no grad)."""
+    was_training = backbone.training
+    backbone.eval()
+    feats = _batched(lambda x: backbone(x).flatten(1), images, size, rt, batch_size)
+    backbone.train(was_training)
+    return F.normalize(feats, dim=1)
+
+
+def predict_proba(model: torch.nn.Module, images: torch.Tensor, size: int, rt: Runtime,
+                  batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities [N, C] and logits [N, C] of a classifier (eval mode, no grad)."""
+    was_training = model.training
+    model.eval()
+    logits = _batched(model, images, size, rt, batch_size)
+    model.train(was_training)
+    return logits.softmax(dim=1).numpy(), logits.numpy()
+
+
+def knn_monitor(backbone: torch.nn.Module, bank_images: torch.Tensor, bank_labels: np.ndarray,
+                query_images: torch.Tensor, query_labels: np.ndarray, num_classes: int, size: int,
+                rt: Runtime, k: int = 20, temperature: float = 0.1) -> dict[str, float]:
+    """Weighted kNN (lightly's knn_predict) on frozen features: accuracy and balanced accuracy."""
+    bank = embed(backbone, bank_images, size, rt)
+    query = embed(backbone, query_images, size, rt)
+    ranked = knn_predict(query, bank.T.contiguous(), torch.as_tensor(bank_labels), num_classes,
+                         knn_k=min(k, len(bank)), knn_t=temperature)
+    predicted = ranked[:, 0].numpy()
+    return {"knn_accuracy": float(accuracy_score(query_labels, predicted)),
+            "knn_balanced_accuracy": float(balanced_accuracy_score(query_labels, predicted))}
+
+
+def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str]) -> dict:
+    """Accuracy, balanced accuracy, macro-F1, per-class P/R/F1 and the confusion matrix (rows = true)."""
+    labels = list(range(len(classes)))
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0)
+    present = np.unique(y_true)
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        # balanced accuracy and macro-F1 over the classes present in y_true, as sklearn does
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+        "per_class": {c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                          "support": int(support[i])} for i, c in enumerate(classes)},
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "n": int(len(y_true)),
+    }
+
+
+def subject_level(probabilities: np.ndarray, y_true: np.ndarray, groups: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Average slice probabilities per subject; returns (subject true labels, subject predictions).
+
+    A subject's label is its slices' majority label (they agree for real subjects).
+    """
+    groups = np.asarray([str(g) for g in groups])
+    names = sorted(set(groups))
+    truth, pred = [], []
+    for name in names:
+        member = groups == name
+        truth.append(np.bincount(y_true[member]).argmax())
+        pred.append(probabilities[member].mean(axis=0).argmax())
+    return np.array(truth), np.array(pred)

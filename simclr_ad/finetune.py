@@ -1,0 +1,247 @@
+"""Fine-tune (or linear-probe) a classifier on a fraction of the training labels.
+
+    python -m simclr_ad.finetune --label-frac 0.1 --init simclr --encoder RUN/encoder.pt
+    python -m simclr_ad.finetune --sweep --fractions 0.01 0.1 0.2 0.5 1.0 --inits simclr random --seeds 0 1 2 ...
+
+Defaults: AdamW (lr 1e-4, weight decay 1e-8), cross-entropy, 100 epochs, whole network
+trainable. The model is selected on validation balanced accuracy (best.pt, early
+stopping); the test split is evaluated exactly once, with the selected model. Both
+arms of a comparison read the same label subset from the same split file and start
+from the same seeded initialisation, except for the SimCLR backbone weights.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from simclr_ad import augment, checkpoint, data, evaluate, losses, runtime, splits
+from simclr_ad.config import FinetuneConfig, config_to_dict, parse_config, replace, write_config
+from simclr_ad.data import class_key
+from simclr_ad.errors import UserError, friendly_errors
+from simclr_ad.models import build_classifier, init_backbone
+from simclr_ad.runlog import RunLog, write_json
+
+
+def task_labels(images: data.ImageSet, cfg: FinetuneConfig) -> tuple[list[str], np.ndarray]:
+    """Class names and labels for the task: the dataset's classes, or negative/positive for binary."""
+    if cfg.task == "multiclass":
+        return list(images.classes), images.labels
+    positive = {class_key(c) for c in cfg.positive_classes}
+    known = {class_key(c) for c in images.classes}
+    if not positive & known:
+        raise UserError(f"--positive-classes {' '.join(cfg.positive_classes)} match none of the dataset's "
+                        f"classes ({', '.join(images.classes)})")
+    is_positive = np.array([class_key(c) in positive for c in images.classes])
+    negatives = [c for c in images.classes if class_key(c) not in positive]
+    names = ["+".join(negatives) if len(negatives) == 1 else "negative", "positive"]
+    if set(negatives) == {"Non_Demented"}:
+        names = ["Non_Demented", "Demented"]
+    return names, is_positive[images.labels].astype(np.int64)
+
+
+def train_one_epoch(model, images: torch.Tensor, labels: torch.Tensor, cfg: FinetuneConfig, rt: runtime.Runtime,
+                    optimizer, loss_fn, generator: torch.Generator, epoch: int) -> dict:
+    """One pass over the labelled subset with light augmentation; returns mean train loss."""
+    model.train()
+    if cfg.mode == "linear":
+        model.backbone.eval()  # a linear probe must not move BN statistics either
+    batches = [b for b in runtime.epoch_batches(len(images), cfg.batch_size, cfg.seed, epoch, rt,
+                                                drop_last=False) if len(b) > 1]  # BN needs 2+ samples
+    total, count, started = 0.0, 0, time.perf_counter()
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False,
+               disable=not (cfg.progress and rt.is_main), dynamic_ncols=True)
+    for index in bar:
+        x = rt.to_input(augment.augment(images[index].to(rt.device), cfg.image_size, cfg, generator))
+        y = labels[index].to(rt.device)
+        with rt.autocast():
+            logits = model(x)
+        loss = loss_fn(logits.float(), y)
+        if not torch.isfinite(loss):
+            raise UserError(f"loss became {loss.item()} at epoch {epoch + 1}; stopped, last checkpoint intact")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss) * len(index)
+        count += len(index)
+        bar.set_postfix(loss=f"{total / count:.4f}", img_s=f"{count / (time.perf_counter() - started):.1f}")
+    return {"train_loss": total / max(1, count), "img_per_s": count / max(1e-9, time.perf_counter() - started)}
+
+
+def evaluate_split(model, images: torch.Tensor, labels: np.ndarray, cfg: FinetuneConfig, rt, loss_fn,
+                   classes: list[str]) -> tuple[dict, np.ndarray]:
+    probabilities, logits = evaluate.predict_proba(model, images, cfg.image_size, rt, cfg.eval_batch_size)
+    target = torch.as_tensor(labels)
+    loss = float(loss_fn(torch.as_tensor(logits), target)) if len(labels) else float("nan")
+    metrics = evaluate.classification_metrics(labels, probabilities.argmax(1), classes)
+    return {"loss": loss, **metrics}, probabilities
+
+
+def write_predictions(path: Path, paths: list[str], groups: list[str], labels: np.ndarray,
+                      probabilities: np.ndarray, classes: list[str]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "group", "true", "pred", *[f"p_{c}" for c in classes]])
+    for p, g, y, prob in zip(paths, groups, labels, probabilities):
+        writer.writerow([p, g, classes[y], classes[int(prob.argmax())], *[f"{v:.6f}" for v in prob]])
+    checkpoint.atomic_write_text(path, buffer.getvalue())
+
+
+def run(cfg: FinetuneConfig, images: data.ImageSet | None = None) -> Path:
+    """One fine-tune run; returns its run dir (metrics.json marks it complete)."""
+    # ---------------------------------------------------------------- config
+    started = time.time()
+    rt = runtime.setup(cfg)
+    run_dir = checkpoint.prepare_run_dir(cfg.out or f"runs/finetune-{cfg.init}-{cfg.mode}-f{cfg.label_frac}-s{cfg.seed}")
+    write_config(cfg, run_dir / "config.yaml")
+
+    # ---------------------------------------------------------------- data
+    images = images if images is not None else data.load_dataset(cfg)
+    split = splits.splits_for(cfg, images)
+    classes, all_labels = task_labels(images, cfg)
+    index = {name: images.indices_of(paths) for name, paths in
+             (("train", splits.label_subset(split, cfg.label_frac)), ("val", split["val"]), ("test", split["test"]))}
+    train_images = images.images[torch.from_numpy(index["train"])]
+    train_labels = torch.from_numpy(all_labels[index["train"]])
+    if rt.device.type == "cuda":
+        train_images = train_images.to(rt.device)
+
+    # ---------------------------------------------------------------- model
+    torch.manual_seed(cfg.seed)  # same seed -> same head (and random backbone) in every arm
+    model = build_classifier(cfg.arch, len(classes), cfg.dropout)
+    init_backbone(model.backbone, cfg.arch, cfg.init, cfg.encoder)
+    if cfg.mode == "linear":
+        model.backbone.requires_grad_(False)
+    model = rt.prepare_model(model)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.plateau_factor,
+                                                         patience=cfg.plateau_patience)
+    weights = losses.class_weights(train_labels, len(classes)).to(rt.device) if cfg.class_weights else None
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
+    eval_loss = torch.nn.CrossEntropyLoss()
+
+    # ---------------------------------------------------------------- resume
+    ckpt = checkpoint.restore(run_dir / "last.pt", model, optimizer, plateau, cfg.arch)
+    start_epoch = ckpt["epoch"] if ckpt else 0
+    best = ckpt["extra"] if ckpt else {"best_metric": -1.0, "best_val_loss": float("inf"), "best_epoch": 0,
+                                       "stale_epochs": 0}
+    log = RunLog(run_dir, enabled=rt.is_main, resume_epoch=start_epoch if ckpt else None)
+
+    # ---------------------------------------------------------------- loop (model selection on val only)
+    for epoch in range(start_epoch, cfg.epochs):
+        if cfg.early_stop_patience and best["stale_epochs"] >= cfg.early_stop_patience:
+            break
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout: resumable, reproducible
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        stats = train_one_epoch(model, train_images, train_labels, cfg, rt, optimizer, loss_fn, generator, epoch)
+        val, _ = evaluate_split(model, images.images[index["val"]], all_labels[index["val"]], cfg, rt, eval_loss, classes)
+        plateau.step(val["loss"])
+        improved = val["balanced_accuracy"] > best["best_metric"] or (
+            val["balanced_accuracy"] == best["best_metric"] and val["loss"] < best["best_val_loss"])
+        if improved:
+            best = {"best_metric": val["balanced_accuracy"], "best_val_loss": val["loss"], "best_epoch": epoch + 1,
+                    "stale_epochs": 0}
+            checkpoint.save(checkpoint.make(model, None, None, epoch + 1, epoch + 1, best["best_metric"],
+                                            config_to_dict(cfg), cfg.arch, _model_info(classes, cfg)),
+                            run_dir / "best.pt")
+        else:
+            best["stale_epochs"] += 1
+        log.log({"epoch": epoch + 1, **stats, "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+                 "val_balanced_accuracy": val["balanced_accuracy"], "lr": optimizer.param_groups[0]["lr"]},
+                step=epoch + 1)
+        checkpoint.save(checkpoint.make(model, optimizer, plateau, epoch + 1, epoch + 1, best["best_metric"],
+                                        config_to_dict(cfg), cfg.arch, best), run_dir / "last.pt")
+
+    # ---------------------------------------------------------------- test, once, with the selected model
+    if (run_dir / "best.pt").is_file():
+        model.load_state_dict(checkpoint.load(run_dir / "best.pt")["model"])
+    test_labels = all_labels[index["test"]]
+    test, probabilities = evaluate_split(model, images.images[index["test"]], test_labels, cfg, rt, eval_loss, classes)
+    test_paths = [images.paths[i] for i in index["test"]]
+    groups = [str(split["groups"][p]) for p in test_paths]
+    metrics = {**{k: v for k, v in test.items() if k != "loss"}, "test_loss": test["loss"],
+               "classes": classes, "label_frac": cfg.label_frac, "n_train": int(len(index["train"])),
+               "n_val": int(len(index["val"])), "n_test": int(len(index["test"])), "init": cfg.init,
+               "mode": cfg.mode, "arch": cfg.arch, "seed": cfg.seed, "task": cfg.task,
+               "best_epoch": best["best_epoch"], "val_balanced_accuracy": best["best_metric"],
+               "group_by": split["group_by"], "split_seed": split["seed"], "image_size": cfg.image_size,
+               "epochs": cfg.epochs, "data": cfg.data_dir or "synthetic", "encoder": cfg.encoder,
+               "pretrain_on": _pretrain_on(cfg), "git_sha": checkpoint.git_sha()}
+    if split["group_by"] != "image":
+        subject_true, subject_pred = evaluate.subject_level(probabilities, test_labels, groups)
+        subject = evaluate.classification_metrics(subject_true, subject_pred, classes)
+        metrics.update({f"subject_{k}": subject[k] for k in ("accuracy", "balanced_accuracy", "macro_f1",
+                                                              "confusion_matrix", "n")})
+
+    # ---------------------------------------------------------------- save
+    write_predictions(run_dir / "predictions.csv", test_paths, groups, test_labels, probabilities, classes)
+    if log.writer is not None:
+        from simclr_ad import report
+
+        shown = np.arange(min(8, len(test_paths)))
+        inputs = augment.prepare(images.images[index["test"][shown]], cfg.image_size)
+        report.log_run_figures(log.writer, metrics, model.float().to(memory_format=torch.contiguous_format),
+                               cfg.arch, inputs, probabilities[shown].argmax(1).tolist(), classes)
+    log.close()
+    metrics["wall_s"] = round(time.time() - started, 2)
+    write_json(run_dir / "metrics.json", metrics)  # written last: it marks the run complete
+    return run_dir
+
+
+def _model_info(classes: list[str], cfg: FinetuneConfig) -> dict:
+    return {"classes": classes, "image_size": cfg.image_size, "task": cfg.task}
+
+
+def _pretrain_on(cfg: FinetuneConfig) -> str | None:
+    """The pretraining protocol of a SimCLR encoder, read from its run's config.yaml."""
+    if cfg.init != "simclr" or not cfg.encoder:
+        return None
+    config_file = Path(cfg.encoder).parent / "config.yaml"
+    if not config_file.is_file():
+        return None
+    import yaml
+
+    return (yaml.safe_load(config_file.read_text()) or {}).get("pretrain_on")
+
+
+def sweep(cfg: FinetuneConfig) -> Path:
+    """Run the grid inits x modes x fractions x seeds; finished runs (with metrics.json) are skipped.
+
+    One split file, written at the sweep root, serves every cell. Under torchrun,
+    grid cells are spread over ranks (rank r runs every world_size-th cell).
+    """
+    root = checkpoint.prepare_run_dir(cfg.out or "runs/sweep")
+    if "simclr" in cfg.inits and not cfg.encoder:
+        raise UserError("the sweep includes --inits simclr: pass --encoder PRETRAIN_RUN/encoder.pt")
+    images = data.load_dataset(cfg)
+    split_file = Path(cfg.splits) if cfg.splits else root / "splits.json"
+    if not cfg.splits:
+        splits.write_splits(splits.splits_for(cfg, images), split_file)
+    cells = list(itertools.product(cfg.inits, cfg.modes, cfg.fractions, cfg.seeds))
+    rank, world = int(__import__("os").environ.get("RANK", 0)), int(__import__("os").environ.get("WORLD_SIZE", 1))
+    for i, (init, mode, fraction, seed) in enumerate(cells):
+        out = root / f"{init}-{mode}" / f"frac{fraction:g}" / f"seed{seed}"
+        if i % world != rank or (out / "metrics.json").is_file():
+            continue
+        print(f"[{i + 1}/{len(cells)}] {init} {mode} label_frac={fraction:g} seed={seed} -> {out}", flush=True)
+        run(replace(cfg, sweep=False, init=init, mode=mode, label_frac=fraction, seed=seed, out=str(out),
+                    splits=str(split_file)), images)
+    return root
+
+
+@friendly_errors
+def main(argv: list[str] | None = None) -> Path:
+    cfg = parse_config(FinetuneConfig, "finetune", argv, __doc__)
+    return sweep(cfg) if cfg.sweep else run(cfg)
+
+
+if __name__ == "__main__":
+    runtime.reexec_with_tuned_malloc()
+    main()

@@ -1,0 +1,449 @@
+"""Synthetic axial T1 brain-MRI slices ("phantoms") with graded atrophy.
+
+The phantoms let every stage run, learn and be tested with no download. They
+mimic the structure of the Kaggle Alzheimer's MRI set that the real experiments
+use: four grades with the same class shares, and subjects made of consecutive
+axial slices that are near-duplicates of each other. That last property is what
+makes an image-level split leak, so the phantoms must reproduce it.
+
+Each subject draws its anatomy (head size, shape, pose, sulcal pattern), its
+acquisition (gain, bias field, noise, blur) and a continuous atrophy score
+``grade + N(0, 0.35)`` plus a normal-ageing term. The score enlarges the
+ventricles, widens the sulci and the CSF rim, thins the cortex and shrinks the
+hippocampi. Each slice is rendered from a tissue label map, so the ground-truth
+atrophy mask is exact: the pixels that are CSF in this subject but tissue in
+the same subject rendered at score 0.
+
+Grade-0 masks are small but usually not empty: ageing and the within-grade
+spread give healthy subjects a little atrophy too, as in real data.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from simclr_ad.errors import UserError
+
+CLASSES = ("Non_Demented", "Very_Mild_Demented", "Mild_Demented", "Moderate_Demented")  # grade 0..3
+CLASS_SHARES = (0.50, 0.35, 0.14, 0.01)  # like the real Kaggle set: 3200/2240/896/64 of 6400
+
+# Labels of the tissue map each slice is rendered from.
+BACKGROUND, SCALP, SKULL, CSF, GREY, WHITE, DEEP_GREY = range(7)
+_TISSUE = np.array([False, False, False, False, True, True, True])
+
+_SCORE_SD = 0.35  # spread of the atrophy score around the grade: neighbouring grades overlap
+_CHUNK = 8  # slices rendered together
+_LEVEL_STEP = 0.02  # slice-level change between adjacent slices: adjacent slices are near-duplicates
+
+
+@dataclass(frozen=True)
+class Phantoms:
+    """A generated dataset, in generation order (subject by subject, slice by slice)."""
+
+    images: np.ndarray  # uint8 [N, H, W] grayscale, black background
+    masks: np.ndarray  # bool [N, H, W] atrophy region vs the same subject at score 0
+    labels: np.ndarray  # int64 [N], index into CLASSES
+    subjects: list[str]  # subject id per image, e.g. "sub-0007"
+    slice_index: np.ndarray  # int64 [N], slice position within its subject
+
+
+@dataclass(frozen=True)
+class _Subject:
+    """Everything random about one subject, drawn once, before rendering."""
+
+    grade: int
+    score: float  # continuous atrophy: grade + spread + ageing, >= 0
+    levels: np.ndarray  # float [S], axial level of each slice: 0 skull base .. 1 vertex
+    # pose and head shape
+    centre: tuple[float, float]
+    angle: float
+    half_length: float  # anterior-posterior half axis, in units of the half image
+    aspect: float  # width / length
+    egg: float  # the back of the head is wider than the front
+    shape_harmonics: np.ndarray  # [3, 2]: amplitude and phase of boundary modes 2..4
+    # layers, as fractions of the head radius
+    scalp: float
+    skull: float
+    csf_rim: float
+    cortex: float
+    # sulcal pattern
+    n_sulci: int  # even, so that both ends of the midline fall on a sulcus
+    sulcus_wobble: np.ndarray  # [3, 2]: amplitude and phase of the even angular modes 2, 4, 6
+    sulcus_bend: np.ndarray  # [2]: amplitude and phase of the sulci's curvature with depth
+    sulcus_width: float
+    sulcus_depths: np.ndarray  # [n_sulci]
+    sulcus_depth_phase: np.ndarray  # [n_sulci]: depths drift slowly with the level
+    # deep structures, as natural-size factors
+    ventricle_size: float
+    hippocampus_size: float
+    # acquisition
+    intensities: np.ndarray  # [7] grey value per tissue label
+    gain: float
+    bias: np.ndarray  # [5] coefficients of the log bias field
+    noise: float
+    blur: float  # Gaussian sigma at 128 px
+
+
+class _Geometry(NamedTuple):
+    """Per-subject coordinate fields, shared by the real and the score-0 rendering."""
+
+    rho: np.ndarray  # [S, H, W] radius over the head boundary at this level (1: skin)
+    u: np.ndarray  # [H, W] left-right, head-normalised, level-independent
+    v: np.ndarray  # [H, W] anterior(-)-posterior(+), head-normalised
+    levels: np.ndarray  # [S, 1, 1]
+    sulcus_lateral: np.ndarray  # [S, H, W] distance to the axis of the nearest sulcus
+    sulcus_depth: np.ndarray  # [S, H, W] depth of that sulcus below the brain surface
+
+
+def _subject_counts(n_subjects: int) -> list[int]:
+    """Subjects per class: largest-remainder shares, with a floor so rare classes exist."""
+    shares = np.asarray(CLASS_SHARES) * n_subjects
+    counts = np.floor(shares).astype(int)
+    for idx in np.argsort(-(shares - counts), kind="stable")[: n_subjects - counts.sum()]:
+        counts[idx] += 1
+    floor = 2 if n_subjects >= 40 else 1 if n_subjects >= 4 else 0
+    for idx in range(len(CLASSES)):
+        while counts[idx] < floor:
+            counts[idx] += 1
+            counts[int(np.argmax(counts))] -= 1
+    return counts.tolist()
+
+
+def _draw_subject(rng: np.random.Generator, grade: int, n_slices: int) -> _Subject:
+    step = min(_LEVEL_STEP, 0.6 / max(n_slices - 1, 1))
+    start = rng.uniform(0.1, max(0.1, 0.85 - step * (n_slices - 1)))
+    # Ageing atrophy is independent of the grade, so a grade alone never fixes the score.
+    ageing = float(np.clip(rng.normal(0.2, 0.15), 0.0, 0.6))
+    score = max(0.0, grade + rng.normal(0.0, _SCORE_SD)) + ageing
+    n_sulci = 2 * int(rng.integers(14, 19))
+    intensities = np.array([
+        0.0,
+        rng.uniform(0.60, 0.85),  # scalp fat is bright on T1
+        rng.uniform(0.04, 0.10),  # cortical bone has almost no signal
+        rng.uniform(0.05, 0.12),  # CSF is dark on T1
+        rng.uniform(0.40, 0.50),  # grey matter
+        rng.uniform(0.70, 0.80),  # white matter is brighter than grey on T1
+        rng.uniform(0.55, 0.62),  # deep grey nuclei sit in between
+    ])
+    return _Subject(
+        grade=grade, score=float(score), levels=start + step * np.arange(n_slices),
+        centre=(float(rng.normal(0, 0.03)), float(rng.normal(0, 0.03))), angle=float(rng.normal(0, 0.12)),
+        half_length=rng.uniform(0.78, 0.90), aspect=rng.uniform(0.76, 0.88), egg=rng.uniform(0.03, 0.10),
+        shape_harmonics=np.stack([rng.uniform(0, 0.02, 3), rng.uniform(0, 2 * np.pi, 3)], axis=1),
+        scalp=rng.uniform(0.05, 0.08), skull=rng.uniform(0.04, 0.06), csf_rim=rng.uniform(0.008, 0.018),
+        cortex=rng.uniform(0.055, 0.07),
+        n_sulci=n_sulci,
+        sulcus_wobble=np.stack([rng.uniform(0.3, 1.0, 3), rng.uniform(0, 2 * np.pi, 3)], axis=1),
+        sulcus_bend=np.array([rng.uniform(4.0, 8.0), rng.uniform(0, 2 * np.pi)]),
+        sulcus_width=rng.uniform(0.004, 0.007), sulcus_depths=rng.uniform(0.07, 0.2, n_sulci),
+        sulcus_depth_phase=rng.uniform(0, 2 * np.pi, n_sulci),
+        ventricle_size=rng.uniform(0.8, 1.2), hippocampus_size=rng.uniform(0.9, 1.1),
+        intensities=intensities, gain=rng.uniform(0.85, 1.1), bias=rng.normal(0, 0.12, 5),
+        noise=rng.uniform(0.012, 0.035), blur=rng.uniform(0.5, 0.9),
+    )
+
+
+def _head_scale(levels: np.ndarray) -> np.ndarray:
+    """Cross-section size at each level: widest a little below the middle, small at the vertex."""
+    return np.sqrt(np.clip(1.0 - ((levels - 0.4) / 0.7) ** 2, 0.2, 1.0))
+
+
+def _bump(levels: np.ndarray, centre: float, width: float) -> np.ndarray:
+    """How present a structure is at each level (1 at ``centre``, fading over ``width``)."""
+    return np.exp(-(((levels - centre) / width) ** 2))
+
+
+def _sulcal_phase(p: _Subject, theta: np.ndarray, radius: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Phase whose multiples of 2 pi are the sulcal axes, and its gradient (d/dtheta, d/dradius).
+
+    Only even angular modes wobble the sulci and the bend vanishes on the midline,
+    so with an even sulcus count the front and back of the midline are both axes:
+    those become the interhemispheric fissure.
+    """
+    phase = p.n_sulci * (theta + np.pi / 2)
+    dtheta = np.full_like(theta, p.n_sulci)
+    for k, (amplitude, offset) in zip((2, 4, 6), p.sulcus_wobble):
+        phase = phase + amplitude * (np.sin(k * theta + offset) - np.sin(-k * np.pi / 2 + offset))
+        dtheta = dtheta + k * amplitude * np.cos(k * theta + offset)
+    amplitude, offset = p.sulcus_bend
+    bend = amplitude * np.sin(3 * theta + offset) * np.cos(theta) ** 2  # sulci curve as they deepen
+    return phase + bend * radius, dtheta, bend
+
+
+def _geometry(p: _Subject, size: int) -> _Geometry:
+    axis = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
+    x, y = axis[None, :] - p.centre[0], axis[:, None] - p.centre[1]
+    cos, sin = math.cos(p.angle), math.sin(p.angle)
+    x, y = cos * x + sin * y, -sin * x + cos * y
+    v = (y / p.half_length).astype(np.float32)
+    u = (x / (p.half_length * p.aspect * (1 + p.egg * v))).astype(np.float32)
+    theta = np.arctan2(v, u)
+    boundary = 1 + sum(a * np.cos(k * theta + ph) for k, (a, ph) in zip((2, 3, 4), p.shape_harmonics))
+    radius = (np.hypot(u, v) / boundary).astype(np.float32)  # at the widest level
+    levels = p.levels.astype(np.float32)[:, None, None]
+    scale = _head_scale(levels)
+
+    phase, dtheta, dradius = _sulcal_phase(p, theta, radius)
+    turns = np.rint(phase / (2 * np.pi))
+    # Distance to the axis = phase offset over the phase gradient (polar coordinates).
+    lateral = np.abs(phase - 2 * np.pi * turns) / np.sqrt(dradius**2 + (dtheta / np.maximum(radius, 1e-3)) ** 2)
+    which = turns.astype(np.int64) % p.n_sulci
+
+    depths = p.sulcus_depths * (1 + 0.25 * np.sin(4 * np.pi * p.levels[:, None] + p.sulcus_depth_phase))
+    depths[:, 0], depths[:, p.n_sulci // 2] = 0.40, 0.34  # interhemispheric fissure, front and back
+    sylvian = 0.32 * _bump(p.levels, 0.35, 0.2)
+    for angle in (-0.3, 0.3 - np.pi):  # lateral, slightly anterior
+        phase_there = _sulcal_phase(p, np.array(angle), np.array(0.8))[0]
+        side = int(np.rint(phase_there / (2 * np.pi))) % p.n_sulci
+        depths[:, side] = np.maximum(depths[:, side], sylvian)
+    depth = depths.astype(np.float32)[:, which]
+    return _Geometry(radius[None] / scale, u, v, levels, lateral.astype(np.float32)[None] / scale, depth)
+
+
+def _paint_ellipse(labels: np.ndarray, value: int, du: np.ndarray, dv: np.ndarray,
+                   half_u: np.ndarray, half_v: np.ndarray, turn: float = 0.0) -> None:
+    """Set ``labels`` [S, H, W] to ``value`` inside an ellipse with per-slice half axes [S].
+
+    ``du``, ``dv`` [H, W] are offsets from its centre. Work is cropped to the slices
+    where it exists and to its bounding box, which keeps rendering fast.
+    """
+    half_u, half_v = np.broadcast_to(half_u.ravel(), labels.shape[:1]), np.broadcast_to(half_v.ravel(), labels.shape[:1])
+    active = np.flatnonzero((half_u > 1e-3) & (half_v > 1e-3))
+    if active.size == 0:
+        return
+    if turn:
+        du, dv = math.cos(turn) * du + math.sin(turn) * dv, -math.sin(turn) * du + math.cos(turn) * dv
+    reach = max(half_u[active].max(), half_v[active].max())
+    near = (np.abs(du) < reach) & (np.abs(dv) < reach)
+    rows, cols = np.flatnonzero(near.any(axis=1)), np.flatnonzero(near.any(axis=0))
+    if rows.size == 0 or cols.size == 0:
+        return
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    inv_u = (1 / half_u[active] ** 2).astype(np.float32)[:, None, None]
+    inv_v = (1 / half_v[active] ** 2).astype(np.float32)[:, None, None]
+    inside = du[box] ** 2 * inv_u + dv[box] ** 2 * inv_v < 1
+    region = labels[active, box[0], box[1]]
+    labels[active, box[0], box[1]] = np.where(inside, np.int8(value), region)
+
+
+def _label_map(g: _Geometry, p: _Subject, score: float) -> np.ndarray:
+    """Tissue labels [S, H, W] of the subject as if its atrophy score were ``score``."""
+    rho, u, v, levels = g.rho, g.u, g.v, g.levels.ravel()
+    skull_inner = 1 - p.scalp - p.skull
+    brain_surface = skull_inner - p.csf_rim - 0.012 * score  # the brain pulls away from the skull
+    along = brain_surface - rho  # depth below the brain surface
+    # Sulci: CSF within a half width of the axis, down to the sulcus' depth (rounded bottom);
+    # deep sulci (the fissures) are wider, and all widen with atrophy.
+    below = np.maximum(along - g.sulcus_depth * (1 + 0.1 * score), 0)
+    half_width = (p.sulcus_width * (1 + score)) * (0.6 + 2.5 * g.sulcus_depth)
+    dist = np.minimum(along, np.sqrt(below * below + g.sulcus_lateral * g.sulcus_lateral) - half_width)
+    # WHITE - 1 is GREY and GREY - 1 is CSF: the label is arithmetic on the distance to CSF.
+    labels = (WHITE - (dist < p.cortex * (1 - 0.1 * score)) - (dist < 0)).astype(np.int8)
+    outer = (SKULL - (rho > 1 - p.scalp) - (rho > 1)).astype(np.int8)
+    np.copyto(labels, outer, where=rho > skull_inner)
+
+    # Deep grey: caudate heads and thalami at the basal-ganglia levels, midbrain lower down.
+    nuclei = _bump(levels, 0.45, 0.12)
+    for side in (-1, 1):
+        _paint_ellipse(labels, DEEP_GREY, u - side * 0.15, v + 0.16, 0.055 * nuclei, 0.08 * nuclei)
+        _paint_ellipse(labels, DEEP_GREY, u - side * 0.12, v - 0.08, 0.08 * nuclei, 0.12 * nuclei)
+    low = _bump(levels, 0.12, 0.12)
+    _paint_ellipse(labels, CSF, u, v - 0.12, 0.17 * low * (1 + 0.05 * score), 0.15 * low * (1 + 0.05 * score))
+    _paint_ellipse(labels, DEEP_GREY, u, v - 0.12, 0.14 * low, 0.12 * low)
+
+    # Lateral ventricles: two crescents ")(", closest at the septum, horns diverging.
+    presence = _bump(levels, 0.55, 0.15) * p.ventricle_size
+    half_width = 0.04 * presence * (1 + 0.6 * score)
+    half_length = 0.30 * np.sqrt(presence) * (1 + 0.10 * score)
+    along_v = v + 0.02
+    flare = 1 + 0.8 * (along_v / 0.3) ** 2  # the horns are bulbous
+    for side in (-1, 1):
+        axis_u = side * (0.05 * (1 + 0.15 * score) + 0.9 * along_v**2)
+        _paint_ellipse(labels, CSF, (u - axis_u) / flare, along_v, half_width, half_length)
+    third = _bump(levels, 0.4, 0.1)
+    _paint_ellipse(labels, CSF, u, v - 0.05, 0.012 * third * (1 + 0.6 * score), 0.10 * third)
+
+    # Hippocampi in their fossae: the fossa stays, the hippocampus shrinks inside it,
+    # and the gap fills with CSF (the enlarged temporal horn of Alzheimer's disease).
+    temporal = np.clip((0.45 - levels) / 0.15, 0, 1) * p.hippocampus_size
+    long_axis, short_axis = 0.14 * np.sqrt(temporal), 0.055 * temporal
+    shrink = max(0.3, 1 - 0.11 * score)
+    for side in (-1, 1):
+        du, dv = u - side * 0.34, v - 0.06
+        _paint_ellipse(labels, CSF, du, dv, 1.12 * short_axis, 1.06 * long_axis, side * 0.45)
+        _paint_ellipse(labels, GREY, du, dv, shrink * short_axis, shrink * long_axis, side * 0.45)
+    return labels
+
+
+def _blur(images: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of [S, H, W] with a zero (black) border."""
+    radius = max(1, int(np.ceil(2 * sigma)))
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps = (taps / taps.sum()).astype(np.float32)
+    for axis in (1, 2):
+        pad = [(0, 0)] * 3
+        pad[axis] = (radius, radius)
+        padded = np.pad(images, pad)
+        length = images.shape[axis]
+        out = np.zeros_like(images)
+        for shift, weight in enumerate(taps):
+            window = [slice(None)] * 3
+            window[axis] = slice(shift, shift + length)
+            out += weight * padded[tuple(window)]
+        images = out
+    return images
+
+
+def _render(p: _Subject, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Images uint8 [S, H, W] and atrophy masks bool [S, H, W] of one subject."""
+    images = np.empty((len(p.levels), size, size), dtype=np.uint8)
+    masks = np.empty((len(p.levels), size, size), dtype=bool)
+    axis = np.linspace(-1, 1, size, dtype=np.float32)
+    x, y = axis[None, :], axis[:, None]
+    b = p.bias
+    gain = p.gain * np.exp(b[0] * x + b[1] * y + b[2] * x * y + b[3] * (x * x - y * y) + b[4] * (x * x + y * y))
+    gain = gain.astype(np.float32)
+    sigma = p.blur * size / 128
+    edge_width = 2 * sigma / (p.half_length * size / 2)
+    # Noise windows cut at random offsets from one bank per subject: drawing 2 x S x H x W
+    # normals would dominate the run time, and shifted windows look just as independent.
+    bank = rng.standard_normal(3 * size * size, dtype=np.float32) * np.float32(p.noise)
+    offsets = rng.integers(0, 2 * size * size, size=(len(p.levels), 2))
+    windows = np.lib.stride_tricks.sliding_window_view(bank, size * size)
+    # A few slices at a time keep the temporaries in cache, which is most of the speed.
+    for start in range(0, len(p.levels), _CHUNK):
+        stop = min(start + _CHUNK, len(p.levels))
+        part = dataclasses.replace(p, levels=p.levels[start:stop])
+        g = _geometry(part, size)
+        labels = _label_map(g, part, p.score)
+        masks[start:stop] = (labels == CSF) & _TISSUE[_label_map(g, part, 0.0)]
+        signal = _blur(p.intensities.astype(np.float32)[labels], sigma) * gain
+        # The head edge, blurred like the image, confines the noise: the background stays black.
+        head = np.clip((1 + edge_width / 2 - g.rho) / edge_width, 0, 1)
+        # Magnitude images have Rician noise: |signal + complex Gaussian|.
+        real = signal + windows[offsets[start:stop, 0]].reshape(signal.shape)
+        imag = windows[offsets[start:stop, 1]].reshape(signal.shape)
+        image = np.sqrt(real * real + imag * imag) * head
+        images[start:stop] = np.clip(image * 255 + 0.5, 0, 255)
+    return images, masks
+
+
+def generate(n: int, seed: int = 0, size: int = 128, slices_per_subject: int = 32) -> Phantoms:
+    """Generate ``n`` phantom slices, deterministic in all four arguments.
+
+    Subjects hold ``slices_per_subject`` consecutive slices (fewer when ``n`` is small,
+    so that there are at least about 8 subjects; the last subject may be shorter).
+    Classes are balanced at the subject level following CLASS_SHARES.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if size < 16:
+        raise ValueError(f"size must be >= 16 pixels, got {size}")
+    if slices_per_subject < 1:
+        raise ValueError(f"slices_per_subject must be >= 1, got {slices_per_subject}")
+    per_subject = max(1, min(slices_per_subject, n // 8))
+    n_subjects = -(-n // per_subject)
+    rng = np.random.default_rng(seed)
+    grades = rng.permutation(np.repeat(np.arange(len(CLASSES)), _subject_counts(n_subjects)))
+    subject_seeds = rng.integers(0, 2**63, size=n_subjects)
+
+    images = np.empty((n, size, size), dtype=np.uint8)
+    masks = np.empty((n, size, size), dtype=bool)
+    labels = np.empty(n, dtype=np.int64)
+    slice_index = np.empty(n, dtype=np.int64)
+    subjects: list[str] = []
+    for idx in range(n_subjects):
+        start, stop = idx * per_subject, min(n, (idx + 1) * per_subject)
+        subject_rng = np.random.default_rng(subject_seeds[idx])
+        params = _draw_subject(subject_rng, int(grades[idx]), stop - start)
+        images[start:stop], masks[start:stop] = _render(params, size, subject_rng)
+        labels[start:stop] = grades[idx]
+        slice_index[start:stop] = np.arange(stop - start)
+        subjects += [f"sub-{idx:04d}"] * (stop - start)
+    return Phantoms(images=images, masks=masks, labels=labels, subjects=subjects, slice_index=slice_index)
+
+
+def write_dataset(out_dir: str | Path, n: int, seed: int = 0, size: int = 128,
+                  slices_per_subject: int = 32) -> Path:
+    """Write phantoms as class folders plus ``masks/`` and ``manifest.csv``; reuse a finished one.
+
+    Everything is written to ``<out_dir>.partial`` and renamed at the end, so a
+    directory with a manifest is always complete and an interrupted run is redone.
+    """
+    from PIL import Image
+
+    out_dir = Path(out_dir)
+    if (out_dir / "manifest.csv").is_file():
+        return out_dir
+    if out_dir.exists():
+        raise UserError(f"{out_dir} exists but has no manifest.csv, so it is not a finished phantom "
+                        "dataset; delete it or choose another directory")
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)  # left over from an interrupted run
+    data = generate(n, seed=seed, size=size, slices_per_subject=slices_per_subject)
+    for name in CLASSES:
+        (partial / name).mkdir(parents=True)
+        (partial / "masks" / name).mkdir(parents=True)
+    rows = []
+    for image, mask, label, subject, index in zip(data.images, data.masks, data.labels,
+                                                  data.subjects, data.slice_index):
+        relative = f"{CLASSES[label]}/{subject}_s{index:02d}.png"
+        Image.fromarray(image, mode="L").save(partial / relative)
+        Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(partial / "masks" / relative)
+        rows.append((relative, CLASSES[label], subject, f"masks/{relative}"))
+    with open(partial / "manifest.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(("path", "label", "subject", "mask"))
+        writer.writerows(rows)
+    try:
+        os.replace(partial, out_dir)
+    except OSError:
+        # Another process may have finished the same dataset first; theirs is as good as ours.
+        if not (out_dir / "manifest.csv").is_file():
+            raise
+        shutil.rmtree(partial, ignore_errors=True)
+    return out_dir
+
+
+def preview(out_png: str | Path, seed: int = 0, size: int = 128) -> Path:
+    """Save a README figure: per grade, a row of 6 slices and a row with the mask in red."""
+    data = generate(640, seed=seed, size=size)  # 20 subjects: every grade is present
+    rows = []
+    for grade in range(len(CLASSES)):
+        subjects = list(dict.fromkeys(s for s, g in zip(data.subjects, data.labels) if g == grade))
+        picks = [data.subjects.index(subjects[k % len(subjects)]) + int(level)
+                 for k, level in enumerate(np.linspace(4, 26, 6))]
+        gray = np.repeat(data.images[picks][..., None], 3, axis=-1).astype(np.float32)
+        overlay = gray.copy()
+        overlay[data.masks[picks]] = 0.4 * overlay[data.masks[picks]] + 0.6 * np.array([255, 0, 0])
+        rows += [np.concatenate(list(gray), axis=1), np.concatenate(list(overlay), axis=1)]
+    canvas = np.concatenate(rows, axis=0).astype(np.uint8)
+    out_png = Path(out_png)
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        from PIL import Image, ImageDraw
+        image = Image.fromarray(canvas)
+        draw = ImageDraw.Draw(image)
+        for grade, name in enumerate(CLASSES):
+            draw.text((3, 2 * grade * size + 2), name, fill=(255, 255, 0))
+        image.save(out_png)
+        return out_png
+    fig, ax = plt.subplots(figsize=(canvas.shape[1] / 100, canvas.shape[0] / 100), dpi=100)
+    ax.imshow(canvas)
+    ax.set_xticks([])
+    ax.set_yticks([(2 * g + 1) * size for g in range(len(CLASSES))], CLASSES)
+    fig.tight_layout()
+    fig.savefig(out_png)
+    plt.close(fig)
+    return out_png

@@ -1,0 +1,160 @@
+"""Matplotlib figures for reports and TensorBoard. Drawing only: every number comes in computed.
+
+Figures are built with ``matplotlib.figure.Figure`` on an Agg canvas, never through
+pyplot, so nothing depends on (or changes) the global backend and no figure leaks
+into pyplot's registry. Save with ``fig.savefig(path)``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+_IMAGE_LEVEL = "image"
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def figure_to_rgb(fig: Figure) -> np.ndarray:
+    """Render ``fig`` to a uint8 RGB array [H,W,3] (for TensorBoard ``add_image``)."""
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def _matrix_panel(fig: Figure, ax, values: np.ndarray, text: list[list[str]], classes: Sequence[str],
+                  title: str, vmax: float) -> None:
+    image = ax.imshow(np.nan_to_num(values, nan=0.0), cmap="Blues", vmin=0, vmax=vmax if vmax > 0 else 1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ticks = np.arange(len(classes))
+    ax.set_xticks(ticks, labels=list(classes), rotation=35, ha="right", fontsize=8)
+    ax.set_yticks(ticks, labels=list(classes), fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    threshold = 0.6 * (vmax if vmax > 0 else 1)
+    for i, row in enumerate(text):
+        for j, label in enumerate(row):
+            value = values[i, j]
+            dark = not math.isnan(value) and value > threshold
+            ax.text(j, i, label, ha="center", va="center", fontsize=8, color="white" if dark else "black")
+
+
+def confusion_figure(cm: Sequence[Sequence[float]] | np.ndarray, classes: Sequence[str], title: str) -> Figure:
+    """Counts and row-normalised (recall) confusion matrices side by side; rows = true class.
+
+    A class with no true examples has an empty row; its normalised cells read "–".
+    """
+    counts = np.asarray(cm, dtype=np.float64)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] != len(classes):
+        raise ValueError(f"confusion matrix of shape {counts.shape} does not match {len(classes)} classes")
+    support = counts.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        normalised = np.where(support > 0, counts / support, np.nan)
+    side = 3.2 + 0.55 * len(classes)
+    fig = _figure(2 * side + 1.0, side)
+    left, right = fig.subplots(1, 2)
+    count_text = [[f"{v:g}" for v in row] for row in counts]
+    norm_text = [["–" if math.isnan(v) else f"{v:.2f}" for v in row] for row in normalised]
+    _matrix_panel(fig, left, counts, count_text, classes, "counts", float(counts.max(initial=0)))
+    _matrix_panel(fig, right, normalised, norm_text, classes, "row-normalised (recall)", 1.0)
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def arm_label(init: str, mode: str) -> str:
+    """Display name of an arm: its initialisation and training mode, e.g. 'simclr+finetune'."""
+    return f"{init}+{mode}"
+
+
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def label_efficiency_figure(rows: Sequence[Mapping], metric: str = "balanced_accuracy") -> Figure:
+    """``metric`` against label fraction (log x), one line per arm with its 95% CI band.
+
+    ``rows`` are summary rows (as in summary.csv): protocol, init, mode, label_frac,
+    ``<metric>_mean`` and ``<metric>_ci95`` (blank/None for one seed: no band).
+    With several protocols each arm gets one line per protocol, image-level dashed.
+    """
+    protocols = sorted({str(r.get("protocol")) for r in rows})
+    lines: dict[tuple[str, str, str], list[tuple[float, float, float]]] = {}
+    for row in rows:
+        mean = _number(row.get(f"{metric}_mean"))
+        if math.isnan(mean):
+            continue
+        ci = _number(row.get(f"{metric}_ci95"))
+        key = (str(row.get("protocol")), str(row["init"]), str(row["mode"]))
+        lines.setdefault(key, []).append((float(row["label_frac"]), mean, 0.0 if math.isnan(ci) else ci))
+    fig = _figure(6.4, 4.2)
+    ax = fig.subplots()
+    colours: dict[tuple[str, str], str] = {}
+    for (protocol, init, mode), points in sorted(lines.items()):
+        points.sort()
+        fracs, means, cis = (np.array(v) for v in zip(*points))
+        colour = colours.setdefault((init, mode), f"C{len(colours) % 10}")
+        label = arm_label(init, mode) + (f" [{protocol}]" if len(protocols) > 1 else "")
+        style = "--" if protocol == _IMAGE_LEVEL and len(protocols) > 1 else "-"
+        ax.plot(fracs, means, style, marker="o", color=colour, label=label)
+        ax.fill_between(fracs, means - cis, means + cis, color=colour, alpha=0.18, linewidth=0)
+    ax.set_xscale("log")
+    all_fracs = sorted({f for points in lines.values() for f, _, _ in points})
+    if all_fracs:
+        ax.set_xticks(all_fracs, labels=[f"{100 * f:g}%" for f in all_fracs])
+        ax.minorticks_off()
+    ax.set_xlabel("label fraction (log scale)")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.set_title(f"{metric.replace('_', ' ')} vs labels (mean, 95% CI over seeds)", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    if lines:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no completed runs", ha="center", va="center", transform=ax.transAxes)
+    return fig
+
+
+def gradcam_grid_figure(images: np.ndarray, cams_by_arm: Mapping[str, np.ndarray], true: Sequence[int] | None,
+                        pred_by_arm: Mapping[str, Sequence[int]], classes: Sequence[str],
+                        title: str | None = None) -> Figure:
+    """One row per image: the image, then each arm's CAM over it, titled true / predicted label.
+
+    Args:
+        images: float [N,H,W] (or [N,1,H,W]) in [0,1] (``gradcam.display_image``).
+        cams_by_arm: arm name -> CAMs [N,H,W] in [0,1].
+        true: true class index per image [N], or None when unknown (no true/wrong marking).
+        pred_by_arm: arm name -> predicted class index per image [N] (red title when wrong).
+        classes: class names.
+    """
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim == 4:
+        images = images[:, 0]
+    arms = list(cams_by_arm)
+    rows, cols = len(images), 1 + len(arms)
+    fig = _figure(2.1 * cols, 2.2 * max(rows, 1) + (0.4 if title else 0))
+    axes = np.asarray(fig.subplots(max(rows, 1), cols, squeeze=False))
+    for i in range(rows):
+        axes[i, 0].imshow(images[i], cmap="gray", vmin=0, vmax=1)
+        if true is not None:
+            axes[i, 0].set_title(f"true: {classes[int(true[i])]}", fontsize=8)
+        for j, arm in enumerate(arms, start=1):
+            predicted = int(pred_by_arm[arm][i])
+            axes[i, j].imshow(images[i], cmap="gray", vmin=0, vmax=1)
+            axes[i, j].imshow(np.asarray(cams_by_arm[arm][i]), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            axes[i, j].set_title(f"{arm}\npred: {classes[predicted]}", fontsize=8,
+                                 color="red" if true is not None and predicted != int(true[i]) else "black")
+    for ax in axes.flat:
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig

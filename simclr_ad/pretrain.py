@@ -1,0 +1,215 @@
+"""SimCLR pretraining on all images of a dataset; labels are used only by the kNN monitor.
+
+    python -m simclr_ad.pretrain [--config configs/X.yaml] [--data-dir DIR] [--out RUN_DIR] ...
+
+Defaults (configs/pretrain_resnet50.yaml): ResNet50, 128 px grayscale, lightly NT-Xent
+(t=0.5) and projection head, SGD(lr 1e-2, momentum 0.9) wrapped in ASAM (rho 2),
+cosine schedule with warmup, 100 epochs. Re-running the same command resumes.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from tqdm import tqdm
+
+from simclr_ad import augment, checkpoint, data, evaluate, losses, optim, runtime, splits
+from simclr_ad.config import PretrainConfig, config_to_dict, parse_config, write_config
+from simclr_ad.errors import UserError, friendly_errors
+from simclr_ad.models import SimCLRModel, build_backbone, init_backbone
+from simclr_ad.runlog import RunLog
+
+
+class NonFiniteLoss(UserError):
+    pass
+
+
+def simclr_step(model, x0: torch.Tensor, x1: torch.Tensor, loss_fn, optimizer, rt: runtime.Runtime,
+                where: str) -> torch.Tensor:
+    """One optimisation step on a pair of views; with SAM, both passes use these same views.
+
+    Raises NonFiniteLoss before touching the weights if the loss is nan/inf.
+    """
+    is_sam = isinstance(optimizer, optim.SAM)
+
+    def loss_at_current_weights() -> torch.Tensor:
+        with rt.autocast():
+            z0, z1 = model(torch.cat([x0, x1])).chunk(2)
+        return loss_fn(z0.float(), z1.float())
+
+    with runtime.maybe_no_sync(model, is_sam and rt.distributed):  # SAM's first pass is local
+        loss = loss_at_current_weights()
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"loss became {loss.item()} at {where}; stopped before updating the "
+                                "weights, the last checkpoint is intact (try a lower --lr)")
+        loss.backward()
+    if not is_sam:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+    optimizer.first_step(zero_grad=True)
+    with optim.frozen_bn_stats(model):  # running BN stats update once per step, not twice
+        loss_at_current_weights().backward()
+    optimizer.second_step(zero_grad=True)
+    return loss.detach()
+
+
+def train_one_epoch(model, images: torch.Tensor, batches: list[torch.Tensor], cfg: PretrainConfig,
+                    rt: runtime.Runtime, optimizer, scheduler, loss_fn, generator: torch.Generator,
+                    epoch: int, start_batch: int = 0, on_step=None, log: RunLog | None = None) -> dict:
+    """Train over this rank's ``batches``; returns the epoch's averages."""
+    model.train()
+    total_loss, n_steps, n_images = 0.0, 0, 0
+    bar = tqdm(total=len(batches), initial=start_batch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+               unit="step", disable=not (cfg.progress and rt.is_main), leave=False, dynamic_ncols=True)
+    started = time.perf_counter()
+    for i in range(start_batch, len(batches)):
+        batch = images[batches[i]].to(rt.device, non_blocking=True)
+        x0, x1 = augment.two_views(batch, cfg.image_size, cfg, generator)
+        if log is not None and epoch == 0 and i == 0 and log.writer is not None:
+            pairs = torch.stack([x0[:8], x1[:8]], dim=1).flatten(0, 1).float() * augment.STD + augment.MEAN
+            log.writer.add_image("views/pairs", torchvision.utils.make_grid(pairs.clamp(0, 1).cpu(), nrow=8), 0)
+        loss = simclr_step(model, rt.to_input(x0), rt.to_input(x1), loss_fn, optimizer, rt,
+                           where=f"epoch {epoch + 1}, step {scheduler.last_epoch + 1}")
+        scheduler.step()
+        total_loss += float(loss)
+        n_steps += 1
+        n_images += len(batch) * rt.world_size
+        rate = n_images / (time.perf_counter() - started)
+        bar.set_postfix(loss=f"{total_loss / n_steps:.4f}", img_s=f"{rate:.1f}")
+        bar.update(1)
+        if on_step is not None:
+            on_step(i + 1)
+    bar.close()
+    elapsed = time.perf_counter() - started
+    return {"loss": runtime.all_reduce_mean(total_loss / max(1, n_steps), rt),
+            "img_per_s": n_images / max(elapsed, 1e-9), "epoch_s": elapsed}
+
+
+def build_optimizer(cfg: PretrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    groups = optim.param_groups_no_decay(model, cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return optim.SAM(groups, torch.optim.SGD, rho=cfg.sam_rho, adaptive=cfg.sam_adaptive,
+                     lr=cfg.lr, momentum=cfg.momentum)
+
+
+def export_encoder(model: torch.nn.Module, run_dir: Path) -> None:
+    backbone = getattr(model, "module", model).backbone
+    checkpoint.save({k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()},
+                    run_dir / "encoder.pt")
+
+
+def log_embeddings(model, images: data.ImageSet, cfg: PretrainConfig, rt: runtime.Runtime, log: RunLog) -> None:
+    """Embedding projector of (up to 1000) monitor images, with class names and thumbnails."""
+    if log.writer is None or len(images) == 0:
+        return
+    pick = np.linspace(0, len(images) - 1, num=min(1000, len(images))).astype(int)
+    feats = evaluate.embed(getattr(model, "module", model).backbone, images.images[pick], cfg.image_size, rt)
+    thumbs = torch.nn.functional.interpolate(images.images[pick].float() / 255, size=(32, 32))
+    log.writer.add_embedding(feats, metadata=[images.classes[y] for y in images.labels[pick]],
+                             label_img=thumbs, global_step=cfg.epochs, tag="encoder")
+
+
+@friendly_errors
+def main(argv: list[str] | None = None) -> Path:
+    # ---------------------------------------------------------------- config
+    cfg = parse_config(PretrainConfig, "pretrain", argv, __doc__)
+    rt = runtime.setup(cfg)
+    run_dir = checkpoint.prepare_run_dir(cfg.out or f"runs/pretrain-{cfg.arch}-{cfg.image_size}")
+    if rt.is_main:
+        write_config(cfg, run_dir / "config.yaml")
+    torch.manual_seed(cfg.seed)
+
+    # ---------------------------------------------------------------- data
+    images = data.load_dataset(cfg)
+    split = splits.splits_for(cfg, images)
+    train_idx = images.indices_of(split["train"])
+    pretrain_idx = train_idx if cfg.pretrain_on == "train" else np.arange(len(images))
+    pool = images.images[torch.from_numpy(pretrain_idx)]
+    if rt.device.type == "cuda":
+        pool = pool.to(rt.device)  # the uint8 cache is small: keep it next to the model
+    monitor_bank, monitor_query = images.subset(train_idx), images.subset(images.indices_of(split["val"]))
+    batches_per_epoch = len(pool) // (cfg.batch_size * rt.world_size)
+    if batches_per_epoch == 0:
+        raise UserError(f"batch size {cfg.batch_size} x {rt.world_size} rank(s) exceeds the "
+                        f"{len(pool)} pretraining images; lower --batch-size")
+
+    # ---------------------------------------------------------------- model
+    backbone, feature_dim = build_backbone(cfg.arch)
+    init_backbone(backbone, cfg.arch, cfg.init)
+    model = rt.prepare_model(SimCLRModel(backbone, feature_dim, cfg.proj_hidden_dim, cfg.proj_out_dim))
+    if rt.distributed:
+        if cfg.sync_bn:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
+    optimizer = build_optimizer(cfg, model)
+    total_steps = batches_per_epoch * cfg.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optim.base_optimizer(optimizer),
+        lambda step: optim.cosine_with_warmup(step, total_steps, batches_per_epoch * cfg.warmup_epochs,
+                                              cfg.min_lr_ratio))
+    loss_fn = losses.nt_xent(cfg.temperature, distributed=rt.distributed)
+
+    # ---------------------------------------------------------------- resume
+    last = run_dir / "checkpoints" / "last.pt"
+    ckpt = checkpoint.restore(last, getattr(model, "module", model), optimizer, scheduler, cfg.arch)
+    start_epoch = ckpt["epoch"] if ckpt else 0
+    start_batch = ckpt["extra"].get("batch_in_epoch", 0) if ckpt else 0
+    if ckpt and scheduler.last_epoch != ckpt["step"]:  # e.g. --epochs extended: same step, new horizon
+        scheduler.last_epoch = ckpt["step"]
+    log = RunLog(run_dir, enabled=rt.is_main, resume_epoch=start_epoch if ckpt else None)
+    if start_epoch >= cfg.epochs:
+        if rt.is_main:
+            export_encoder(model, run_dir)
+            print(f"pretraining already finished ({start_epoch} epochs) in {run_dir}")
+        runtime.cleanup()
+        return run_dir
+
+    # ---------------------------------------------------------------- loop
+    def save(epoch: int, batch_in_epoch: int, generator: torch.Generator) -> None:
+        if rt.is_main:
+            checkpoint.save(checkpoint.make(
+                getattr(model, "module", model), optimizer, scheduler, epoch, scheduler.last_epoch, None,
+                config_to_dict(cfg), cfg.arch,
+                extra={"batch_in_epoch": batch_in_epoch, "aug_generator": generator.get_state()}), last)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 101 + rt.rank)
+        if start_batch and ckpt:
+            generator.set_state(ckpt["extra"]["aug_generator"])
+        batches = runtime.epoch_batches(len(pool), cfg.batch_size, cfg.seed, epoch, rt)
+
+        def on_step(done: int) -> None:
+            if cfg.checkpoint_every_steps and done % cfg.checkpoint_every_steps == 0 and done < len(batches):
+                save(epoch, done, generator)
+
+        stats = train_one_epoch(model, pool, batches, cfg, rt, optimizer, scheduler, loss_fn, generator,
+                                epoch, start_batch, on_step, log)
+        start_batch = 0
+        record = {"epoch": epoch + 1, **stats, "lr": scheduler.get_last_lr()[0]}
+        if cfg.knn_every and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs) and rt.is_main:
+            record.update(evaluate.knn_monitor(
+                getattr(model, "module", model).backbone, monitor_bank.images, monitor_bank.labels,
+                monitor_query.images, monitor_query.labels, len(images.classes), cfg.image_size, rt,
+                cfg.knn_k, cfg.knn_t))
+        log.log(record, step=epoch + 1)
+        save(epoch + 1, 0, generator)
+        runtime.barrier()
+
+    # ---------------------------------------------------------------- save
+    if rt.is_main:
+        export_encoder(model, run_dir)
+        log_embeddings(model, monitor_query, cfg, rt, log)
+        print(f"encoder: {run_dir / 'encoder.pt'}  (tensorboard --logdir {run_dir})")
+    log.close()
+    runtime.cleanup()
+    return run_dir
+
+
+if __name__ == "__main__":
+    runtime.reexec_with_tuned_malloc()
+    main()
