@@ -78,7 +78,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     except pickle.UnpicklingError as err:
         raise CheckpointError(f"refusing to load {path}: it holds objects other than tensors and plain "
                               f"data (weights_only=True): {str(err).splitlines()[0][:160]}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError) as err:
         raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a torch file): "
                               f"{str(err).splitlines()[0][:160] if str(err) else type(err).__name__}") from None
     if not isinstance(obj, dict):

@@ -55,7 +55,7 @@ class CommonConfig:
     channels_last: bool = True
     deterministic: bool = False
     num_threads: int = 0  # 0: all cores
-    sync_bn: bool = True  # under torchrun
+    sync_bn: bool = True  # SyncBatchNorm under torchrun on GPUs (torch has no CPU SyncBatchNorm)
     progress: bool = True
     format: int = CONFIG_FORMAT
 

@@ -12,8 +12,10 @@ from the same seeded initialisation, except for the SimCLR backbone weights.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import itertools
+import os
 import time
 from pathlib import Path
 
@@ -68,7 +70,7 @@ def train_one_epoch(model, images: torch.Tensor, labels: torch.Tensor, cfg: Fine
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += float(loss) * len(index)
+        total += loss.item() * len(index)
         count += len(index)
         bar.set_postfix(loss=f"{total / count:.4f}", img_s=f"{count / (time.perf_counter() - started):.1f}")
     return {"train_loss": total / max(1, count), "img_per_s": count / max(1e-9, time.perf_counter() - started)}
@@ -97,7 +99,7 @@ def run(cfg: FinetuneConfig, images: data.ImageSet | None = None) -> Path:
     """One fine-tune run; returns its run dir (metrics.json marks it complete)."""
     # ---------------------------------------------------------------- config
     started = time.time()
-    rt = runtime.setup(cfg)
+    rt = runtime.setup(cfg, distributed=False)  # one run = one process; sweeps spread runs over ranks
     run_dir = checkpoint.prepare_run_dir(cfg.out or f"runs/finetune-{cfg.init}-{cfg.mode}-f{cfg.label_frac}-s{cfg.seed}")
     write_config(cfg, run_dir / "config.yaml")
 
@@ -173,7 +175,8 @@ def run(cfg: FinetuneConfig, images: data.ImageSet | None = None) -> Path:
                "best_epoch": best["best_epoch"], "val_balanced_accuracy": best["best_metric"],
                "group_by": split["group_by"], "split_seed": split["seed"], "image_size": cfg.image_size,
                "epochs": cfg.epochs, "data": cfg.data_dir or "synthetic", "encoder": cfg.encoder,
-               "pretrain_on": _pretrain_on(cfg), "git_sha": checkpoint.git_sha()}
+               "pretrain_on": _pretrain_on(cfg), "git_sha": checkpoint.git_sha(),
+               "train_subset_sha1": hashlib.sha1("\n".join(sorted(images.paths[i] for i in index["train"])).encode()).hexdigest()}
     if split["group_by"] != "image":
         subject_true, subject_pred = evaluate.subject_level(probabilities, test_labels, groups)
         subject = evaluate.classification_metrics(subject_true, subject_pred, classes)
@@ -225,7 +228,7 @@ def sweep(cfg: FinetuneConfig) -> Path:
     if not cfg.splits:
         splits.write_splits(splits.splits_for(cfg, images), split_file)
     cells = list(itertools.product(cfg.inits, cfg.modes, cfg.fractions, cfg.seeds))
-    rank, world = int(__import__("os").environ.get("RANK", 0)), int(__import__("os").environ.get("WORLD_SIZE", 1))
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     for i, (init, mode, fraction, seed) in enumerate(cells):
         out = root / f"{init}-{mode}" / f"frac{fraction:g}" / f"seed{seed}"
         if i % world != rank or (out / "metrics.json").is_file():
@@ -239,6 +242,9 @@ def sweep(cfg: FinetuneConfig) -> Path:
 @friendly_errors
 def main(argv: list[str] | None = None) -> Path:
     cfg = parse_config(FinetuneConfig, "finetune", argv, __doc__)
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not cfg.sweep:
+        raise UserError("under torchrun, fine-tune with --sweep (grid cells are spread over ranks); "
+                        "run a single fine-tune as a plain process")
     return sweep(cfg) if cfg.sweep else run(cfg)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import warnings
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -134,7 +135,9 @@ def faithfulness(model: torch.nn.Module, arch: str, inputs: torch.Tensor,
     if cams.shape != (inputs.shape[0], *inputs.shape[-2:]):
         raise ValueError(f"cams shape {cams.shape} does not match inputs {tuple(inputs.shape)}")
     softmax_targets = [ClassifierOutputSoftmaxTarget(c) for c in classes]
-    with _eval_fp32(model) as net, torch.random.fork_rng(devices=[]):
+    with _eval_fp32(model) as net, torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        # grad-cam's ROAD imputer calls np.argwhere on tensors, which NumPy 2 deprecates noisily
+        warnings.filterwarnings("ignore", message=".*__array_wrap__", category=DeprecationWarning)
         torch.manual_seed(seed)
         x = inputs.detach().to(next(net.parameters()).device, torch.float32)
         scores = {

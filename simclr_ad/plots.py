@@ -85,7 +85,8 @@ def label_efficiency_figure(rows: Sequence[Mapping], metric: str = "balanced_acc
     """``metric`` against label fraction (log x), one line per arm with its 95% CI band.
 
     ``rows`` are summary rows (as in summary.csv): protocol, init, mode, label_frac,
-    ``<metric>_mean`` and ``<metric>_ci95`` (blank/None for one seed: no band).
+    ``<metric>_mean`` and ``<metric>_ci95`` (blank/None for one seed: no band); the
+    metric is a score in [0, 1], the y range, to which the bands are clipped.
     With several protocols each arm gets one line per protocol, image-level dashed.
     """
     protocols = sorted({str(r.get("protocol")) for r in rows})
@@ -107,12 +108,15 @@ def label_efficiency_figure(rows: Sequence[Mapping], metric: str = "balanced_acc
         label = arm_label(init, mode) + (f" [{protocol}]" if len(protocols) > 1 else "")
         style = "--" if protocol == _IMAGE_LEVEL and len(protocols) > 1 else "-"
         ax.plot(fracs, means, style, marker="o", color=colour, label=label)
-        ax.fill_between(fracs, means - cis, means + cis, color=colour, alpha=0.18, linewidth=0)
+        # scores live in [0, 1]; a few-seed t interval can reach beyond, which means nothing
+        ax.fill_between(fracs, np.clip(means - cis, 0, 1), np.clip(means + cis, 0, 1), color=colour, alpha=0.18,
+                        linewidth=0)
     ax.set_xscale("log")
     all_fracs = sorted({f for points in lines.values() for f, _, _ in points})
     if all_fracs:
         ax.set_xticks(all_fracs, labels=[f"{100 * f:g}%" for f in all_fracs])
         ax.minorticks_off()
+    ax.set_ylim(0, 1.0)
     ax.set_xlabel("label fraction (log scale)")
     ax.set_ylabel(metric.replace("_", " "))
     ax.set_title(f"{metric.replace('_', ' ')} vs labels (mean, 95% CI over seeds)", fontsize=10)

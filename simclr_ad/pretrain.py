@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> Path:
     init_backbone(backbone, cfg.arch, cfg.init)
     model = rt.prepare_model(SimCLRModel(backbone, feature_dim, cfg.proj_hidden_dim, cfg.proj_out_dim))
     if rt.distributed:
-        if cfg.sync_bn:
+        if cfg.sync_bn and rt.device.type == "cuda":  # torch's SyncBatchNorm is GPU-only
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
     optimizer = build_optimizer(cfg, model)
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> Path:
         stats = train_one_epoch(model, pool, batches, cfg, rt, optimizer, scheduler, loss_fn, generator,
                                 epoch, start_batch, on_step, log)
         start_batch = 0
-        record = {"epoch": epoch + 1, **stats, "lr": scheduler.get_last_lr()[0]}
+        record = {"epoch": epoch + 1, **stats, "lr": scheduler.get_last_lr()[0], "n_images": len(pool)}
         if cfg.knn_every and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs) and rt.is_main:
             record.update(evaluate.knn_monitor(
                 getattr(model, "module", model).backbone, monitor_bank.images, monitor_bank.labels,

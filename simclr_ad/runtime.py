@@ -81,10 +81,16 @@ def _pick_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if (is_bf16_cpu or is_amx) else None
 
 
-def setup(cfg) -> Runtime:
-    """Initialise threads, determinism, the process group (under torchrun) and the device."""
+def setup(cfg, distributed: bool = True) -> Runtime:
+    """Initialise threads, determinism, the process group (under torchrun) and the device.
+
+    ``distributed=False`` gives a single-process runtime even under torchrun (each rank
+    then works alone, e.g. on its own cells of a fine-tune sweep).
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
+    if not distributed:
+        world_size, rank = 1, 0
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if cfg.device == "cuda" and not torch.cuda.is_available():

@@ -1,0 +1,163 @@
+"""Classify image files with a fine-tuned checkpoint, optionally saving Grad-CAM overlays.
+
+    python -m simclr_ad.predict scan1.png scan2.jpg --checkpoint RUN_DIR/best.pt
+        [--gradcam OUT_DIR] [--json] [--num-threads N]
+
+Each image is decoded like the training data (grayscale, padded square, resized to
+the checkpoint's image_size) and normalised with the eval transform. An unreadable
+image is reported by name and the others are still predicted; the exit code is 1
+if any image failed, else 0.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from simclr_ad import augment, checkpoint, data, gradcam
+from simclr_ad.checkpoint import CheckpointError
+from simclr_ad.errors import friendly_errors
+from simclr_ad.models import Classifier, build_classifier
+
+DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def load_classifier(path: str | Path) -> tuple[Classifier, dict[str, Any]]:
+    """A fine-tune checkpoint (``best.pt``/``last.pt``) as an eval-mode Classifier on the CPU.
+
+    Returns (model, info) with info = {"arch", "classes", "image_size", "task", "config"}.
+    A checkpoint that is not a fine-tuned classifier is one CheckpointError naming the file.
+    """
+    try:
+        ckpt = checkpoint.load(path)
+    except (IndexError, KeyError, AttributeError, TypeError) as err:  # torch.load on some garbage
+        raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a torch file): "
+                              f"{type(err).__name__}: {err}") from None
+    extra = ckpt.get("extra") or {}
+    if "model" not in ckpt or "arch" not in ckpt or "classes" not in extra or "image_size" not in extra:
+        raise CheckpointError(f"{path} is not a fine-tuned classifier checkpoint (it lacks model/arch/"
+                              "extra.classes/extra.image_size); pass RUN_DIR/best.pt of a finetune run")
+    config = ckpt.get("config") or {}
+    classes = [str(c) for c in extra["classes"]]
+    model = build_classifier(ckpt["arch"], len(classes), float(config.get("dropout", 0.5)))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{path} does not fit a {ckpt['arch']} classifier with {len(classes)} "
+                              f"classes: {str(err).splitlines()[0][:200]}") from None
+    model.eval()
+    info = {"arch": ckpt["arch"], "classes": classes, "image_size": int(extra["image_size"]),
+            "task": extra.get("task", config.get("task")), "config": config}
+    return model, info
+
+
+@torch.no_grad()
+def class_probabilities(model: torch.nn.Module, inputs: torch.Tensor, batch_size: int = 64) -> np.ndarray:
+    """Softmax probabilities [B, C] of normalised inputs [B,1,H,W], in eval mode and fp32."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        chunks = [model(inputs[i:i + batch_size].to(device, torch.float32)).float().softmax(dim=1).cpu()
+                  for i in range(0, len(inputs), batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)
+
+
+def _decode_all(paths: Sequence[str], size: int) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+    """Decoded uint8 [S,S] per readable image index, and the reason per unreadable one."""
+    decoded, failed = {}, {}
+    for i, path in enumerate(paths):
+        try:
+            decoded[i] = data.decode_image(Path(path).read_bytes(), size)[0]
+        except DECODE_ERRORS as err:
+            failed[i] = _reason(err)
+    return decoded, failed
+
+
+def _reason(err: Exception) -> str:
+    if isinstance(err, FileNotFoundError):
+        return "file not found"
+    if isinstance(err, IsADirectoryError):
+        return "is a directory, not an image"
+    if isinstance(err, UnidentifiedImageError):  # its message only names an in-memory buffer
+        return "not a readable image (unknown format, corrupt or empty)"
+    return f"unreadable ({type(err).__name__}: {getattr(err, 'strerror', None) or str(err)[:160]})"
+
+
+def _overlay_names(paths: Sequence[str]) -> list[str]:
+    """``<stem>_gradcam.png`` per image, numbered when two inputs share a stem."""
+    stems = [Path(p).stem for p in paths]
+    return [f"{stem}_gradcam.png" if stems.count(stem) == 1 else f"{stem}_{i}_gradcam.png"
+            for i, stem in enumerate(stems)]
+
+
+def _print_text(results: list[dict[str, Any]]) -> None:
+    for result in results:
+        if "error" in result:
+            continue
+        probs = ", ".join(f"{c}={p:.3f}" for c, p in result["probabilities"].items())
+        print(f"{result['path']}: {result['predicted']}  ({probs})")
+
+
+@friendly_errors
+def main(argv: list[str] | None = None) -> int:
+    # ---------------------------------------------------------------- arguments
+    parser = argparse.ArgumentParser(prog="python -m simclr_ad.predict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("images", nargs="+", help="image files (.png/.jpg/...)")
+    parser.add_argument("--checkpoint", required=True, help="RUN_DIR/best.pt of a finetune run")
+    parser.add_argument("--gradcam", metavar="OUT_DIR", help="save a Grad-CAM overlay PNG per image here")
+    parser.add_argument("--json", action="store_true", help="print one JSON list instead of text")
+    parser.add_argument("--num-threads", type=int, default=0, metavar="N", help="torch CPU threads (0: default)")
+    args = parser.parse_args(argv)
+    if args.num_threads > 0:
+        torch.set_num_threads(args.num_threads)
+
+    # ---------------------------------------------------------------- model and images
+    model, info = load_classifier(args.checkpoint)
+    classes, size = info["classes"], info["image_size"]
+    decoded, failed = _decode_all(args.images, size)
+    for i, reason in failed.items():
+        print(f"error: {args.images[i]}: {reason}", file=sys.stderr)
+    order = sorted(decoded)
+    inputs = augment.prepare(torch.from_numpy(np.stack([decoded[i] for i in order]))[:, None], size) \
+        if order else torch.zeros(0, 1, size, size)
+
+    # ---------------------------------------------------------------- predict
+    probabilities = class_probabilities(model, inputs)
+    predicted = probabilities.argmax(axis=1) if order else np.zeros(0, dtype=np.int64)
+    results: list[dict[str, Any]] = [{"path": p, "error": failed[i]} if i in failed else {} for i, p in
+                                     enumerate(args.images)]
+    for row, i in enumerate(order):
+        results[i] = {"path": args.images[i], "predicted": classes[int(predicted[row])],
+                      "probabilities": {c: float(p) for c, p in zip(classes, probabilities[row])}}
+
+    # ---------------------------------------------------------------- Grad-CAM overlays
+    if args.gradcam and order:
+        out_dir = Path(args.gradcam)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        cams = gradcam.compute_cams(model, info["arch"], inputs, predicted)
+        names = _overlay_names(args.images)
+        for row, i in enumerate(order):
+            target = out_dir / names[i]
+            Image.fromarray(gradcam.overlay(gradcam.display_image(inputs[row]), cams[row])).save(target)
+            results[i]["gradcam"] = str(target)
+
+    # ---------------------------------------------------------------- report
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        _print_text(results)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score
+
+from simclr_ad import checkpoint, evaluate, finetune, pretrain
+from simclr_ad.config import ConfigError
+from simclr_ad.errors import UserError
+from simclr_ad.models import ModelError, build_backbone
+from tests.conftest import TINY
+
+METRIC_KEYS = {"accuracy", "balanced_accuracy", "macro_f1", "per_class", "confusion_matrix", "classes",
+               "label_frac", "n_train", "init", "mode", "arch", "seed", "best_epoch", "wall_s",
+               "subject_accuracy", "subject_balanced_accuracy", "subject_macro_f1", "subject_confusion_matrix"}
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pre") / "run"
+    pretrain.main(["--config", TINY, "--out", str(out), "--epochs", "1", "--knn-every", "0"])
+    return out / "encoder.pt"
+
+
+@pytest.fixture(scope="module")
+def arms(encoder, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ft")
+    runs = {}
+    for init in ("simclr", "random"):
+        runs[init] = finetune.main(["--config", TINY, "--out", str(root / init), "--label-frac", "0.1",
+                                    "--init", init, "--encoder", str(encoder)])
+    return runs
+
+
+def _metrics(run_dir):
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_metrics_have_every_field(arms):
+    for run_dir in arms.values():
+        metrics = _metrics(run_dir)
+        assert METRIC_KEYS <= set(metrics)
+        assert (run_dir / "predictions.csv").read_text().splitlines()[0].startswith("path,group,true,pred,p_")
+        for name in ("best.pt", "last.pt", "config.yaml", "metrics.jsonl"):
+            assert (run_dir / name).is_file()
+
+
+def test_arms_see_identical_label_subsets(arms):
+    simclr, random = _metrics(arms["simclr"]), _metrics(arms["random"])
+    assert simclr["train_subset_sha1"] == random["train_subset_sha1"]
+    assert simclr["n_train"] == random["n_train"] >= 4
+
+
+def test_selection_on_val_and_test_evaluated_once(encoder, tmp_path, monkeypatch):
+    calls = []
+    original = finetune.evaluate_split
+    monkeypatch.setattr(finetune, "evaluate_split", lambda model, x, *a, **k: calls.append(len(x)) or original(model, x, *a, **k))
+    out = finetune.main(["--config", TINY, "--out", str(tmp_path / "r"), "--init", "random", "--epochs", "4"])
+    metrics = _metrics(out)
+    epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    val_sizes, test_size = calls[:-1], calls[-1]
+    assert len(val_sizes) == 4 and len(set(val_sizes)) == 1 and test_size == metrics["n_test"]
+    best = max(epochs, key=lambda e: (e["val_balanced_accuracy"], -e["val_loss"]))
+    assert metrics["best_epoch"] == best["epoch"]
+
+
+def test_linear_probe_leaves_backbone_unchanged(encoder, tmp_path):
+    out = finetune.main(["--config", TINY, "--out", str(tmp_path / "lin"), "--mode", "linear",
+                         "--encoder", str(encoder), "--label-frac", "0.5"])
+    trained = checkpoint.load(out / "last.pt")["model"]
+    original = checkpoint.load(encoder)
+    for key, value in original.items():
+        assert torch.equal(trained["backbone." + key], value), key
+    assert not torch.equal(trained["head.1.weight"], torch.zeros_like(trained["head.1.weight"]))
+
+
+def test_metrics_match_sklearn_on_planted_predictions():
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 4, 200)
+    y_pred = np.where(rng.random(200) < 0.6, y_true, rng.integers(0, 4, 200))
+    got = evaluate.classification_metrics(y_true, y_pred, ["a", "b", "c", "d"])
+    assert got["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
+    assert got["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y_true, y_pred))
+    assert got["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    assert got["confusion_matrix"] == confusion_matrix(y_true, y_pred).tolist()
+
+
+def test_subject_level_averages_slice_probabilities():
+    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.4, 0.6]])
+    truth, pred = evaluate.subject_level(probabilities, np.array([0, 0, 1, 1]), ["s1", "s1", "s2", "s2"])
+    assert truth.tolist() == [0, 1] and pred.tolist() == [0, 1]  # s1: mean [0.55, 0.45] -> 0
+
+
+def test_binary_task(tmp_path):
+    out = finetune.main(["--config", TINY, "--out", str(tmp_path / "bin"), "--init", "random", "--task", "binary",
+                         "--epochs", "1"])
+    metrics = _metrics(out)
+    assert metrics["classes"] == ["Non_Demented", "Demented"] and len(metrics["confusion_matrix"]) == 2
+
+
+@pytest.mark.parametrize("args,error,message", [
+    (["--label-frac", "0"], ConfigError, "label_frac"),
+    (["--label-frac", "1.5"], ConfigError, "label_frac"),
+    (["--label-frac", "0.0001"], UserError, "0.0001"),
+    (["--init", "simclr"], ModelError, "needs --encoder"),
+    (["--positive-classes", "Nope", "--task", "binary"], UserError, "match none"),
+])
+def test_bad_inputs(tmp_path, args, error, message):
+    with pytest.raises(error, match=message):
+        finetune.main(["--config", TINY, "--out", str(tmp_path / "r"), "--epochs", "1", "--init", "random", *args])
+
+
+def test_encoder_from_another_arch(encoder, tmp_path):
+    with pytest.raises(ModelError, match="resnet18 encoder but the model is mobilenet_v2"):
+        finetune.main(["--config", TINY, "--out", str(tmp_path / "r"), "--arch", "mobilenet_v2",
+                       "--encoder", str(encoder)])
+
+
+def test_checkpoint_that_is_not_a_state_dict(tmp_path):
+    bad = tmp_path / "bad.pt"
+    torch.save([1, 2, 3], bad)
+    with pytest.raises(checkpoint.CheckpointError, match="does not hold a dict"):
+        finetune.main(["--config", TINY, "--out", str(tmp_path / "r"), "--init", str(bad)])
+
+
+def test_sweep_runs_grid_and_resumes(encoder, tmp_path):
+    args = ["--config", TINY, "--sweep", "--out", str(tmp_path / "sw"), "--encoder", str(encoder),
+            "--fractions", "0.2", "1.0", "--inits", "simclr", "random", "--seeds", "0", "--epochs", "1"]
+    root = finetune.main(args)
+    done = sorted(p.parent.relative_to(root).as_posix() for p in root.rglob("metrics.json"))
+    assert done == ["random-finetune/frac0.2/seed0", "random-finetune/frac1/seed0",
+                    "simclr-finetune/frac0.2/seed0", "simclr-finetune/frac1/seed0"]
+    assert (root / "splits.json").is_file()
+    stamps = {p: p.stat().st_mtime_ns for p in root.rglob("metrics.json")}
+    finetune.main(args)
+    assert stamps == {p: p.stat().st_mtime_ns for p in root.rglob("metrics.json")}

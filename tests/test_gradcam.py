@@ -1,0 +1,105 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from simclr_ad import augment, gradcam
+from simclr_ad.models import build_classifier
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: on a shared 2-core CPU, spinning OpenMP threads make tiny models 10-40x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_classifier("resnet18", 3)
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (2, 1, SIZE, SIZE), dtype=torch.uint8, generator=generator)
+    return augment.prepare(images, SIZE)
+
+
+def square_mask(top: int, left: int, side: int) -> np.ndarray:
+    mask = np.zeros((SIZE, SIZE), dtype=bool)
+    mask[top:top + side, left:left + side] = True
+    return mask
+
+
+def test_cams_of_one_channel_input_match_its_size(model, inputs):
+    model.train()
+    cams = gradcam.compute_cams(model, "resnet18", inputs, [0, 2])
+    assert cams.shape == (2, SIZE, SIZE) and cams.dtype == np.float32
+    assert np.isfinite(cams).all() and cams.min() >= 0 and cams.max() <= 1 + 1e-6
+    assert model.training  # the caller's mode is restored
+
+
+def test_cams_work_with_a_frozen_backbone(model, inputs):
+    # Linear-probe runs freeze the backbone; the CAMs must not depend on that.
+    trainable = [gradcam.compute_cams(model, "resnet18", inputs, [c, c]) for c in range(3)]
+    model.backbone.requires_grad_(False)
+    try:
+        frozen = [gradcam.compute_cams(model, "resnet18", inputs, torch.tensor([c, c])) for c in range(3)]
+    finally:
+        model.backbone.requires_grad_(True)
+    assert all(np.allclose(a, b) for a, b in zip(trainable, frozen))
+    assert max(float(c.max()) for c in frozen) > 0
+
+
+def test_cams_reject_a_wrong_number_of_targets(model, inputs):
+    with pytest.raises(ValueError, match="targets"):
+        gradcam.compute_cams(model, "resnet18", inputs, [0])
+
+
+def test_localisation_score_inside_outside_and_chance():
+    mask = square_mask(8, 8, 16)
+    assert gradcam.localisation_score(mask.astype(np.float32), mask) == pytest.approx(1.0)
+    assert gradcam.localisation_score(square_mask(40, 40, 16).astype(np.float32), mask) == pytest.approx(0.0)
+    uniform = np.full((SIZE, SIZE), 0.3, dtype=np.float32)
+    assert gradcam.localisation_score(uniform, torch.from_numpy(mask)[None]) == pytest.approx(mask.mean())
+    half = mask.astype(np.float32) + square_mask(40, 40, 16)
+    assert gradcam.localisation_score(half, mask) == pytest.approx(0.5)
+
+
+def test_localisation_score_undefined_cases_are_nan():
+    mask = square_mask(8, 8, 16)
+    assert math.isnan(gradcam.localisation_score(np.ones((SIZE, SIZE)), np.zeros((SIZE, SIZE), bool)))
+    assert math.isnan(gradcam.localisation_score(np.zeros((SIZE, SIZE)), mask))
+    with pytest.raises(ValueError, match="shape"):
+        gradcam.localisation_score(np.ones((32, 32)), mask)
+
+
+def test_faithfulness_returns_finite_reproducible_scores(model, inputs):
+    targets = [0, 1]
+    cams = gradcam.compute_cams(model, "resnet18", inputs, targets)
+    scores = gradcam.faithfulness(model, "resnet18", inputs, targets, cams, percentiles=(25, 75))
+    assert set(scores) == {"road_combined", "drop_in_confidence", "increase_in_confidence"}
+    assert all(isinstance(v, float) and math.isfinite(v) for v in scores.values())
+    assert scores["drop_in_confidence"] >= 0 and 0 <= scores["increase_in_confidence"] <= 1
+    assert abs(scores["road_combined"]) <= 1  # a difference of softmax probabilities
+    assert gradcam.faithfulness(model, "resnet18", inputs, targets, cams, percentiles=(25, 75)) == scores
+
+
+def test_display_image_undoes_normalisation_and_overlay_is_rgb(inputs):
+    raw = torch.full((1, 1, SIZE, SIZE), 200, dtype=torch.uint8)
+    shown = gradcam.display_image(augment.prepare(raw, SIZE))
+    assert shown.shape == (1, SIZE, SIZE) and np.allclose(shown, 200 / 255, atol=1e-5)
+    picture = gradcam.display_image(inputs[0])
+    assert picture.shape == (SIZE, SIZE) and 0 <= picture.min() and picture.max() <= 1
+    rgb = gradcam.overlay(picture, square_mask(8, 8, 16).astype(np.float32))
+    assert rgb.shape == (SIZE, SIZE, 3) and rgb.dtype == np.uint8
+    with pytest.raises(ValueError, match="shape"):
+        gradcam.overlay(picture, np.zeros((8, 8)))

@@ -1,0 +1,201 @@
+"""Tests for simclr_ad/phantom.py: the synthetic brain-MRI phantom dataset.
+
+Small images (32-64 px) keep the whole file fast; one check runs at the default 128 px.
+"""
+from __future__ import annotations
+
+import os
+import csv
+import itertools
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from simclr_ad import phantom
+from simclr_ad.errors import UserError
+from simclr_ad.phantom import CLASS_SHARES, CLASSES, Phantoms, generate, write_dataset
+
+
+@pytest.fixture(scope="module")
+def kaggle_sized() -> Phantoms:
+    """As many images as the real Kaggle set (6400), at a size that makes it quick."""
+    return generate(6400, seed=0, size=32)
+
+
+@pytest.fixture(scope="module")
+def graded() -> Phantoms:
+    """80 subjects of 16 slices: enough subjects per grade to average over."""
+    return generate(1280, seed=1, size=48, slices_per_subject=16)
+
+
+def _per_subject_mean(values: np.ndarray, data: Phantoms, grade: int) -> float:
+    """Mean over the subjects of one grade of each subject's mean value."""
+    subjects = np.asarray(data.subjects)
+    names = np.unique(subjects[data.labels == grade])
+    return float(np.mean([values[subjects == name].mean() for name in names]))
+
+
+def _dark_fraction(image: np.ndarray) -> float:
+    """Fraction of dark (CSF-like) pixels in the central part of the head.
+
+    Only the image is used: the core is an ellipse at 60 % of the head's extent,
+    which stays inside the skull, and dark means below 40 % of its bright tissue.
+    """
+    rows, cols = np.nonzero(image)
+    centre_r, centre_c = rows.mean(), cols.mean()
+    half_r, half_c = np.ptp(rows) / 2, np.ptp(cols) / 2
+    grid_r, grid_c = np.mgrid[: image.shape[0], : image.shape[1]]
+    core = ((grid_r - centre_r) / half_r) ** 2 + ((grid_c - centre_c) / half_c) ** 2 < 0.6**2
+    values = image[core].astype(np.float64)
+    return float(np.mean(values < 0.4 * np.percentile(values, 95)))
+
+
+def test_shapes_and_types_at_default_size():
+    data = generate(64, seed=0)
+    assert data.images.shape == data.masks.shape == (64, 128, 128)
+    assert data.images.dtype == np.uint8 and data.masks.dtype == bool
+    assert data.labels.dtype == np.int64 and data.labels.shape == (64,)
+    assert len(data.subjects) == 64 and data.subjects[0].startswith("sub-")
+    # 64 images -> 8 slices per subject, so there are still several subjects.
+    assert len(set(data.subjects)) == 8
+    assert data.slice_index.tolist() == list(range(8)) * 8
+    # Black background, bright scalp, nothing saturated everywhere.
+    assert (data.images[:, 0, :] == 0).all() and (data.images[:, :, 0] == 0).all()
+    assert data.images.max() > 150
+
+
+def test_same_seed_same_data_other_seed_other_data():
+    first, again, other = generate(96, seed=3, size=32), generate(96, seed=3, size=32), generate(96, seed=4, size=32)
+    np.testing.assert_array_equal(first.images, again.images)
+    np.testing.assert_array_equal(first.masks, again.masks)
+    np.testing.assert_array_equal(first.labels, again.labels)
+    assert first.subjects == again.subjects
+    assert not np.array_equal(first.images, other.images)
+
+
+def test_short_last_subject():
+    data = generate(100, seed=0, size=32)  # 12 slices per subject: 8 full subjects and 4 slices
+    counts = [data.subjects.count(name) for name in dict.fromkeys(data.subjects)]
+    assert counts == [12] * 8 + [4]
+
+
+def test_class_balance_at_kaggle_size(kaggle_sized: Phantoms):
+    subjects = np.asarray(kaggle_sized.subjects)
+    assert len(np.unique(subjects)) == 200
+    for name in np.unique(subjects):
+        assert len(np.unique(kaggle_sized.labels[subjects == name])) == 1, f"{name} has several labels"
+    image_shares = np.bincount(kaggle_sized.labels, minlength=len(CLASSES)) / len(kaggle_sized.labels)
+    np.testing.assert_allclose(image_shares, CLASS_SHARES, atol=0.02)
+    assert (image_shares > 0).all()
+    subject_labels = [kaggle_sized.labels[subjects == name][0] for name in np.unique(subjects)]
+    assert np.bincount(subject_labels, minlength=len(CLASSES)).tolist() == [100, 70, 28, 2]
+
+
+@pytest.mark.parametrize("n_subjects", [4, 5, 10, 39, 40, 41, 200, 1000])
+def test_subject_counts_keep_rare_classes(n_subjects: int):
+    counts = phantom._subject_counts(n_subjects)
+    assert sum(counts) == n_subjects
+    assert min(counts) >= (2 if n_subjects >= 40 else 1)
+
+
+def test_adjacent_slices_are_near_duplicates(graded: Phantoms):
+    flat = graded.images.reshape(len(graded.images), -1).astype(np.float64)
+    flat -= flat.mean(axis=1, keepdims=True)
+    flat /= np.linalg.norm(flat, axis=1, keepdims=True)
+    subjects = np.asarray(graded.subjects)
+    same = subjects[:-1] == subjects[1:]
+    adjacent = np.einsum("ij,ij->i", flat[:-1], flat[1:])[same]
+    # The same slice position in different subjects of the same class.
+    across = []
+    for grade in range(len(CLASSES)):
+        firsts = [np.flatnonzero(subjects == name)[0] for name in np.unique(subjects[graded.labels == grade])]
+        across += [flat[a + 8] @ flat[b + 8] for a, b in itertools.combinations(firsts[:8], 2)]
+    assert adjacent.mean() > 0.9
+    assert adjacent.mean() > np.mean(across) + 0.15
+
+
+def test_atrophy_grows_with_grade(graded: Phantoms):
+    dark = np.array([_dark_fraction(image) for image in graded.images])
+    mask_area = graded.masks.reshape(len(graded.masks), -1).mean(axis=1)
+    dark_by_grade = [_per_subject_mean(dark, graded, grade) for grade in range(len(CLASSES))]
+    area_by_grade = [_per_subject_mean(mask_area, graded, grade) for grade in range(len(CLASSES))]
+    assert np.all(np.diff(dark_by_grade) > 0), dark_by_grade
+    assert np.all(np.diff(area_by_grade) > 0), area_by_grade
+
+
+def test_masks_mark_atrophy_inside_the_head(graded: Phantoms):
+    diseased = graded.labels >= 1
+    assert graded.masks[diseased].reshape(diseased.sum(), -1).any(axis=1).mean() > 0.9
+    # Grade 0 masks exist (ageing) but are much smaller than those of the demented grades.
+    area = graded.masks.reshape(len(graded.masks), -1).mean(axis=1)
+    assert area[~diseased].mean() < 0.5 * area[diseased].mean()
+    # Inside the head: every mask pixel lies between the first and last head pixel of its row.
+    head = graded.images > 0
+    columns = np.arange(head.shape[2])
+    first = np.where(head, columns, head.shape[2]).min(axis=2, keepdims=True)
+    last = np.where(head, columns, -1).max(axis=2, keepdims=True)
+    inside = (columns >= first) & (columns <= last)
+    assert not (graded.masks & ~inside).any()
+
+
+def test_generate_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="n must be"):
+        generate(0)
+    with pytest.raises(ValueError, match="size"):
+        generate(8, size=8)
+
+
+def test_write_dataset_and_reuse(tmp_path):
+    out = write_dataset(tmp_path / "phantoms", n=40, seed=0, size=32)
+    assert out == tmp_path / "phantoms"
+    assert not list(tmp_path.glob("phantoms.partial*"))
+    with open(out / "manifest.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["path", "label", "subject", "mask"]
+    assert len(rows) == 40
+    data = generate(40, seed=0, size=32)
+    for row, label, subject, index in zip(rows, data.labels, data.subjects, data.slice_index):
+        assert row["path"] == f"{CLASSES[label]}/{subject}_s{index:02d}.png"
+        assert row["label"] == CLASSES[label] and row["subject"] == subject
+        assert row["mask"] == f"masks/{row['path']}"
+    with Image.open(out / rows[0]["path"]) as image:
+        assert image.mode == "L" and image.size == (32, 32)
+        np.testing.assert_array_equal(np.asarray(image), data.images[0])
+    with Image.open(out / rows[0]["mask"]) as mask:
+        assert mask.mode == "L" and set(np.unique(np.asarray(mask))) <= {0, 255}
+
+    # A finished dataset is reused, not regenerated.
+    stamp = (out / "manifest.csv").stat().st_mtime_ns
+    (out / rows[0]["path"]).unlink()
+    assert write_dataset(out, n=40, seed=0, size=32) == out
+    assert (out / "manifest.csv").stat().st_mtime_ns == stamp
+    assert not (out / rows[0]["path"]).exists()
+
+
+def test_write_dataset_redoes_an_interrupted_write(tmp_path):
+    partial = tmp_path / f"phantoms.partial-{os.getpid()}"
+    (partial / "Mild_Demented").mkdir(parents=True)
+    (partial / "Mild_Demented" / "stale.png").write_bytes(b"not a png")
+    out = write_dataset(tmp_path / "phantoms", n=16, seed=0, size=32)
+    assert (out / "manifest.csv").is_file() and not partial.exists()
+    assert not (out / "Mild_Demented" / "stale.png").exists()
+
+
+def test_write_dataset_refuses_a_foreign_directory(tmp_path):
+    (tmp_path / "phantoms").mkdir()
+    (tmp_path / "phantoms" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="no manifest.csv"):
+        write_dataset(tmp_path / "phantoms", n=16, seed=0, size=32)
+
+
+def test_preview_writes_a_png(tmp_path):
+    out = phantom.preview(tmp_path / "preview.png", size=32)
+    with Image.open(out) as image:
+        assert image.size[0] >= 6 * 32 and image.size[1] >= 8 * 32
+
+
+def test_write_dataset_takes_an_empty_directory(tmp_path):
+    (tmp_path / "phantoms").mkdir()
+    out = write_dataset(tmp_path / "phantoms", n=16, seed=0, size=32)
+    assert (out / "manifest.csv").is_file()

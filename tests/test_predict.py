@@ -1,0 +1,84 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from simclr_ad import checkpoint, predict
+from simclr_ad.checkpoint import CheckpointError
+from simclr_ad.config import FinetuneConfig, config_to_dict
+from simclr_ad.models import build_classifier
+from tests.conftest import write_png
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: on a shared 2-core CPU, spinning OpenMP threads make tiny models 10-40x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+CLASSES = ["Mild_Demented", "Non_Demented", "Very_Mild_Demented"]
+
+
+@pytest.fixture(scope="module")
+def best_pt(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = build_classifier("resnet18", len(CLASSES))
+    cfg = config_to_dict(FinetuneConfig(arch="resnet18", image_size=32, epochs=1))
+    path = tmp_path_factory.mktemp("run") / "best.pt"
+    checkpoint.save(checkpoint.make(model, None, None, 1, 1, 0.5, cfg, "resnet18",
+                                    {"classes": CLASSES, "image_size": 32, "task": "multiclass"}), path)
+    return path
+
+
+@pytest.fixture
+def images(tmp_path) -> list[str]:
+    good = [write_png(tmp_path / "a.png", seed=1), write_png(tmp_path / "b.png", size=(50, 36), mode="RGB")]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"this is not an image")
+    return [str(good[0]), str(broken), str(good[1])]
+
+
+def test_json_predicts_readable_images_and_names_the_broken_one(best_pt, images, capsys):
+    code = predict.main([*images, "--checkpoint", str(best_pt), "--json"])
+    captured = capsys.readouterr()
+    results = json.loads(captured.out)
+    assert code == 1  # one image failed
+    assert [r["path"] for r in results] == images  # input order, nothing dropped
+    assert "error" in results[1] and "predicted" not in results[1]
+    assert "broken.png" in captured.err
+    for result in (results[0], results[2]):
+        assert result["predicted"] in CLASSES
+        assert list(result["probabilities"]) == CLASSES
+        assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert result["predicted"] == max(result["probabilities"], key=result["probabilities"].get)
+
+
+def test_gradcam_overlays_and_text_output(best_pt, images, tmp_path, capsys):
+    out = tmp_path / "cams"
+    code = predict.main([images[0], images[2], "--checkpoint", str(best_pt), "--gradcam", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "a.png" in text and "b.png" in text and any(c in text for c in CLASSES)
+    written = sorted(p.name for p in out.glob("*.png"))
+    assert written == ["a_gradcam.png", "b_gradcam.png"]
+    with Image.open(out / "a_gradcam.png") as overlay:
+        assert overlay.size == (32, 32) and overlay.mode == "RGB"
+
+
+def test_a_state_dict_is_not_a_classifier_checkpoint(tmp_path, images):
+    path = tmp_path / "encoder.pt"
+    checkpoint.save(build_classifier("resnet18", 3).backbone.state_dict(), path)
+    with pytest.raises(CheckpointError, match="not a fine-tuned classifier"):
+        predict.main([images[0], "--checkpoint", str(path)])
+
+
+def test_a_truncated_checkpoint_is_one_clear_error(tmp_path, images):
+    path = tmp_path / "best.pt"
+    path.write_bytes(b"truncated")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        predict.main([images[0], "--checkpoint", str(path)])

@@ -1,0 +1,81 @@
+import json
+
+import pytest
+import torch
+
+from simclr_ad import checkpoint, pretrain
+from simclr_ad.models import build_backbone
+from tests.conftest import TINY
+
+
+def _lines(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pre") / "run"
+    pretrain.main(["--config", TINY, "--out", str(out), "--deterministic"])
+    return out
+
+
+def test_writes_every_output(tiny_run):
+    for name in ("config.yaml", "checkpoints/last.pt", "encoder.pt", "metrics.jsonl"):
+        assert (tiny_run / name).is_file(), name
+    assert list((tiny_run / "tb").glob("events.out.tfevents.*"))
+    lines = _lines(tiny_run)
+    assert [line["epoch"] for line in lines] == [1, 2]
+    for key in ("loss", "lr", "img_per_s", "knn_accuracy"):
+        assert all(key in line for line in lines), key
+    ckpt = checkpoint.load(tiny_run / "checkpoints" / "last.pt")
+    assert {"model", "optimizer", "scheduler", "epoch", "step", "rng", "best_metric", "config", "git_sha"} <= set(ckpt)
+    assert ckpt["epoch"] == 2 and ckpt["config"]["arch"] == "resnet18"
+
+
+def test_encoder_loads_strictly(tiny_run):
+    backbone, _ = build_backbone("resnet18")
+    backbone.load_state_dict(checkpoint.load(tiny_run / "encoder.pt"), strict=True)
+
+
+def test_finished_run_says_so(tiny_run, capsys):
+    before = (tiny_run / "checkpoints" / "last.pt").stat().st_mtime_ns
+    pretrain.main(["--config", TINY, "--out", str(tiny_run), "--deterministic"])
+    assert "already finished" in capsys.readouterr().out
+    assert (tiny_run / "checkpoints" / "last.pt").stat().st_mtime_ns == before
+
+
+def test_interrupted_run_resumes_at_the_right_epoch_and_matches(tiny_run, tmp_path):
+    out = tmp_path / "run"
+    pretrain.main(["--config", TINY, "--out", str(out), "--deterministic", "--epochs", "1"])
+    assert checkpoint.load(out / "checkpoints" / "last.pt")["epoch"] == 1
+    pretrain.main(["--config", TINY, "--out", str(out), "--deterministic", "--epochs", "2"])  # extends
+    assert [line["epoch"] for line in _lines(out)] == [1, 2]
+    resumed, clean = checkpoint.load(out / "encoder.pt"), checkpoint.load(tiny_run / "encoder.pt")
+    # Extending a 1-epoch schedule to 2 changes the cosine horizon, so the LR after epoch 1 differs
+    # from the clean run: compare weights only loosely here; exact resume is tested in test_reliability.
+    assert resumed.keys() == clean.keys()
+
+
+def test_pretrain_on_train_uses_fewer_images(tmp_path):
+    out = tmp_path / "run"
+    pretrain.main(["--config", TINY, "--out", str(out), "--epochs", "1", "--pretrain-on", "train", "--knn-every", "0"])
+    assert _lines(out)[0]["n_images"] < 192 * 0.8
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    pretrain.main(["--config", TINY, "--out", str(out), "--epochs", "1", "--knn-every", "0"])
+    good = checkpoint.load(out / "checkpoints" / "last.pt")
+    monkeypatch.setattr(pretrain.losses, "nt_xent", lambda *a, **k: (lambda z0, z1: (z0 * float("nan")).sum()))
+    with pytest.raises(pretrain.NonFiniteLoss, match=r"loss became nan at epoch 2, step 7"):
+        pretrain.main(["--config", TINY, "--out", str(out), "--epochs", "2", "--knn-every", "0"])
+    kept = checkpoint.load(out / "checkpoints" / "last.pt")
+    assert kept["epoch"] == 1
+    assert all(torch.equal(kept["model"][k], good["model"][k]) for k in good["model"])
+
+
+def test_plain_sgd_without_sam(tmp_path):
+    out = tmp_path / "run"
+    pretrain.main(["--config", TINY, "--out", str(out), "--epochs", "1", "--optimizer", "sgd", "--knn-every", "0",
+                   "--precision", "fp32", "--no-channels-last"])
+    assert (out / "encoder.pt").is_file()

@@ -1,0 +1,198 @@
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from simclr_ad import checkpoint, plots, report
+from simclr_ad.config import FinetuneConfig, config_to_dict, write_config
+from simclr_ad.data import scan
+from simclr_ad.models import build_classifier
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: on a shared 2-core CPU, spinning OpenMP threads make tiny models 10-40x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+CLASSES = ["Mild_Demented", "Non_Demented", "Very_Mild_Demented"]
+T_975_2 = 4.302653  # t_{0.975, 2}
+
+
+def make_run(root: Path, protocol: str, init: str, frac: float, seed: int, bal: float | None,
+             mode: str = "finetune", subject: bool = False, **cfg_keys) -> Path:
+    """A run dir as finetune writes it; bal=None leaves it without metrics.json (incomplete)."""
+    run_dir = root / protocol / f"{init}-{mode}" / f"frac{frac:g}" / f"seed{seed}"
+    cfg = FinetuneConfig(init=init, mode=mode, label_frac=frac, seed=seed, arch="resnet18", image_size=32,
+                         epochs=3, group_by="image" if protocol == "image" else "default", **cfg_keys)
+    run_dir.mkdir(parents=True)
+    write_config(cfg, run_dir / "config.yaml")
+    if bal is None:
+        return run_dir
+    metrics = {"accuracy": bal + 0.1, "balanced_accuracy": bal, "macro_f1": bal - 0.1,
+               "confusion_matrix": [[2, 1, 0], [0, 3, 0], [1, 0, 2]], "classes": CLASSES, "label_frac": frac,
+               "n_train": 10, "init": init, "mode": mode, "arch": "resnet18", "seed": seed, "best_epoch": 2,
+               "wall_s": 1.0, "task": "multiclass", "group_by": protocol, "image_size": 32, "epochs": 3,
+               "pretrain_on": "train" if init == "simclr" else None, "git_sha": "abc123",
+               "data": "synthetic", "per_class": {}}
+    if subject:
+        metrics.update({"subject_accuracy": bal + 0.05, "subject_balanced_accuracy": bal + 0.02,
+                        "subject_macro_f1": bal, "subject_confusion_matrix": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]})
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    return run_dir
+
+
+@pytest.fixture
+def runs(tmp_path) -> Path:
+    root = tmp_path / "runs"
+    for seed, bal in enumerate([0.5, 0.6, 0.7]):
+        make_run(root, "subject", "simclr", 0.1, seed, bal, subject=True)
+        make_run(root, "subject", "random", 0.1, seed, [0.4, 0.45, 0.5][seed], subject=True)
+    make_run(root, "subject", "simclr", 1.0, 0, 0.9, subject=True)  # one seed: no CI
+    make_run(root, "image", "simclr", 0.1, 0, 0.9)
+    make_run(root, "image", "simclr", 0.1, 1, 0.92)
+    make_run(root, "subject", "random", 1.0, 0, None)  # never finished
+    (make_run(root, "subject", "random", 1.0, 1, None) / "last.pt").write_bytes(b"x")  # interrupted
+    bad = make_run(root, "subject", "random", 1.0, 2, 0.8)
+    (bad / "metrics.json").write_text("{not json")
+    (root / "pretrain").mkdir()
+    (root / "pretrain" / "config.yaml").write_text("arch: resnet18\npretrain_on: all\n")  # not a fine-tune run
+    return root
+
+
+def read_summary(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        return list(reader.fieldnames), list(reader)
+
+
+def test_mean_std_ci95_known_cases():
+    mean, std, ci = report.mean_std_ci95([0.5, 0.6, 0.7])
+    assert (mean, std) == pytest.approx((0.6, 0.1))
+    assert ci == pytest.approx(T_975_2 * 0.1 / math.sqrt(3), rel=1e-6)
+    assert report.mean_std_ci95([0.8]) == (0.8, 0.0, None)
+
+
+def test_report_tables_csv_and_missing_runs(runs, tmp_path):
+    out = tmp_path / "report"
+    report.main(["--runs", str(runs), "--out", str(out), "--no-gradcam"])
+
+    columns, rows = read_summary(out / "summary.csv")
+    assert columns[:5] == ["protocol", "init", "mode", "label_frac", "n_seeds"]
+    for metric in ("accuracy", "balanced_accuracy", "macro_f1", "subject_accuracy",
+                   "subject_balanced_accuracy", "subject_macro_f1"):
+        own = [c for c in columns if c.startswith(metric + "_")]
+        assert own == [f"{metric}_mean", f"{metric}_std", f"{metric}_ci95"]
+    cell = {(r["protocol"], r["init"], r["mode"], r["label_frac"]): r for r in rows}
+    assert len(rows) == 4 and cell[("subject", "simclr", "finetune", "0.1")]["n_seeds"] == "3"
+    simclr = cell[("subject", "simclr", "finetune", "0.1")]
+    assert float(simclr["balanced_accuracy_mean"]) == pytest.approx(0.6)
+    assert float(simclr["balanced_accuracy_std"]) == pytest.approx(0.1)
+    assert float(simclr["balanced_accuracy_ci95"]) == pytest.approx(T_975_2 * 0.1 / math.sqrt(3), rel=1e-6)
+    assert float(simclr["accuracy_mean"]) == pytest.approx(0.7)
+    assert float(simclr["subject_balanced_accuracy_mean"]) == pytest.approx(0.62)
+    random = cell[("subject", "random", "finetune", "0.1")]
+    assert float(random["balanced_accuracy_mean"]) == pytest.approx(0.45)
+    single = cell[("subject", "simclr", "finetune", "1.0")]
+    assert (single["n_seeds"], single["balanced_accuracy_std"], single["balanced_accuracy_ci95"]) == ("1", "0.0", "")
+    image = cell[("image", "simclr", "finetune", "0.1")]
+    assert float(image["balanced_accuracy_mean"]) == pytest.approx(0.91)
+    assert image["subject_balanced_accuracy_mean"] == ""  # no groups at image level
+
+    md = (out / "report.md").read_text()
+    assert "| 10% | 60.0 ± 24.8 | 45.0 ± 12.4 | 62.0 ± 24.8 | 47.0 ± 12.4 |" in md  # slice, then subject
+    assert "| 100% | 90.0 (1 seed) | – | 92.0 (1 seed) | – |" in md
+    assert "+31.0" in md  # image-level 91.0 minus subject-level 60.0, simclr at 10%
+    assert "git_sha" in md and "abc123" in md and "synthetic" in md
+    missing = md.split("## Missing or partial runs", 1)[1]
+    for seed in (0, 1, 2):
+        assert str(runs / "subject" / "random-finetune" / "frac1" / f"seed{seed}") in missing
+    assert "interrupted" in missing and "metrics.json unreadable" in missing and "pretrain" not in missing
+
+    for name in ("label_efficiency.png", "confusion_simclr_0.1_subject.png", "confusion_random_0.1_subject.png",
+                 "confusion_simclr_0.1_image.png", "report.html"):
+        assert (out / name).is_file(), name
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 1 + 4 and "src='confusion" not in page
+
+
+def test_gradcam_failure_is_noted_not_fatal(tmp_path):
+    root = tmp_path / "runs"
+    for init in ("simclr", "random"):
+        (make_run(root, "subject", init, 0.1, 0, 0.5) / "best.pt").write_bytes(b"truncated")
+    out = tmp_path / "report"
+    report.main(["--runs", str(root), "--out", str(out)])
+    md = (out / "report.md").read_text()
+    assert "Grad-CAM at 10% labels failed" in md
+    assert (out / "summary.csv").is_file() and (out / "report.html").is_file()
+
+
+def test_no_runs_is_one_clear_error(tmp_path):
+    with pytest.raises(report.ReportError, match="no fine-tune runs"):
+        report.main(["--runs", str(tmp_path), "--out", str(tmp_path / "out"), "--no-gradcam"])
+    with pytest.raises(report.ReportError, match="not found"):
+        report.main(["--runs", str(tmp_path / "nope"), "--out", str(tmp_path / "out")])
+
+
+def test_gradcam_study_on_real_checkpoints(class_folders, tmp_path):
+    """Two tiny resnet18 'runs' on a 3-class folder set: same images for both arms, a grid, scores."""
+    root = tmp_path / "runs"
+    found = scan(class_folders)
+    torch.manual_seed(0)
+    for init in ("simclr", "random"):
+        run_dir = make_run(root, "subject", init, 0.5, 0, 0.5, data_dir=str(class_folders))
+        model = build_classifier("resnet18", len(found.classes))
+        checkpoint.save(checkpoint.make(model, None, None, 1, 1, 0.5, config_to_dict(FinetuneConfig()), "resnet18",
+                                        {"classes": found.classes, "image_size": 32, "task": "multiclass"}),
+                        run_dir / "best.pt")
+        lines = ["path,group,true,pred," + ",".join(f"p_{c}" for c in found.classes)]
+        lines += [f"{p},{p},{found.classes[y]},{found.classes[0]},1,0,0" for p, y in zip(found.paths, found.labels)]
+        (run_dir / "predictions.csv").write_text("\n".join(lines) + "\n")
+    study = report.gradcam_study(report.find_runs([root]), per_class=1)
+    assert study.notes == []
+    assert [r["arm"] for r in study.rows] == ["simclr+finetune", "random+finetune"]
+    assert all(r["n_images"] == 3 and math.isfinite(r["road_combined"]) for r in study.rows)
+    assert list(study.figures) == ["gradcam_0.5.png"] and study.figures["gradcam_0.5.png"][:4] == b"\x89PNG"
+
+
+def test_select_images_is_deterministic_per_class():
+    rows = [{"path": f"p{i}", "true": CLASSES[i % 3]} for i in range(9)]
+    assert report.select_images(rows, CLASSES, 2) == ["p0", "p3", "p1", "p4", "p2", "p5"]
+    assert report.select_images(rows, CLASSES, 1, allowed={"p3", "p4", "p8"}) == ["p3", "p4", "p8"]
+
+
+def test_plots_draw_their_inputs():
+    fig = plots.confusion_figure([[3, 1], [0, 0]], ["a", "b"], "t")
+    assert len(fig.axes) == 4  # two panels and their colour bars
+    assert fig.axes[0].get_xticklabels()[1].get_text() == "b"
+    rows = [{"protocol": "subject", "init": "simclr", "mode": "finetune", "label_frac": f,
+             "balanced_accuracy_mean": m, "balanced_accuracy_ci95": c}
+            for f, m, c in ((0.01, 0.3, 0.05), (0.1, 0.5, ""), (1.0, 0.8, 0.02))]
+    curve = plots.label_efficiency_figure(rows)
+    assert curve.axes[0].get_xscale() == "log" and len(curve.axes[0].lines) == 1
+    grid = plots.gradcam_grid_figure(np.zeros((2, 8, 8)), {"x": np.ones((2, 8, 8))}, [0, 1], {"x": [0, 0]}, ["a", "b"])
+    assert len(grid.axes) == 4 and grid.axes[3].title.get_color() == "red"  # wrong prediction in red
+    assert plots.figure_to_rgb(grid).shape[2] == 3
+
+
+def test_log_run_figures_writes_tensorboard_images(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    torch.manual_seed(0)
+    model = build_classifier("resnet18", 3)
+    metrics = {"confusion_matrix": [[1, 0, 0], [0, 1, 0], [0, 0, 1]], "init": "random", "mode": "finetune",
+               "label_frac": 1.0, "seed": 0}
+    writer = SummaryWriter(str(tmp_path / "tb"))
+    report.log_run_figures(writer, metrics, model, "resnet18", torch.randn(3, 1, 32, 32), [0, 1, 2], CLASSES)
+    writer.close()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0}).Reload()
+    assert set(events.Tags()["images"]) == {"test/confusion_matrix", "test/gradcam"}

@@ -1,0 +1,271 @@
+"""Leakage-safe splits: grouping recovers subjects, groups never cross, fractions nest, audit finds leaks."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import adjusted_rand_score
+
+from simclr_ad import data, phantom, splits
+from simclr_ad.data import DataError, ImageSet
+from simclr_ad.errors import UserError
+
+
+def phantom_images(n: int, seed: int, with_subjects: bool = True) -> tuple[ImageSet, list[str]]:
+    """Decoded in-memory phantoms (32 px) and their true subject per image."""
+    made = phantom.generate(n, seed=seed, size=32)
+    paths = [f"{phantom.CLASSES[y]}/{s}_s{k:02d}.png"
+             for y, s, k in zip(made.labels, made.subjects, made.slice_index)]
+    images = ImageSet(root=Path("/phantoms"), layout="synthetic", classes=list(phantom.CLASSES), paths=paths,
+                      labels=made.labels.astype(np.int64), subjects=list(made.subjects) if with_subjects else None,
+                      images=torch.from_numpy(made.images).unsqueeze(1))
+    return images, list(made.subjects)
+
+
+@pytest.fixture(scope="module")
+def ph():
+    """40 subjects x 32 slices; the rare class has 64 images in 2 subjects, as in the Kaggle set."""
+    return phantom_images(1280, seed=0)
+
+
+@pytest.fixture(scope="module")
+def ph_splits(ph):
+    images, _ = ph
+    return {mode: splits.make_splits(images, mode) for mode in ("subject", "auto", "image")}
+
+
+def split_of(s: dict) -> dict[str, str]:
+    return {p: name for name in splits.SPLITS for p in s[name]}
+
+
+# --------------------------------------------------------------------------- grouping
+
+def test_auto_groups_recover_phantom_subjects(ph):
+    images, subjects = ph
+    groups = splits.infer_groups(images)
+    assert adjusted_rand_score(subjects, groups) > 0.9
+    for g in np.unique(groups):  # groups never mix classes
+        assert len(set(images.labels[groups == g])) == 1
+
+
+def test_auto_groups_recover_short_subjects():
+    images, subjects = phantom_images(320, seed=3)  # few, small subjects: a harder case for the statistics
+    assert adjusted_rand_score(subjects, splits.infer_groups(images)) > 0.9
+
+
+def test_default_uses_known_subjects_else_auto(ph):
+    images, _ = ph
+    assert splits.make_splits(images)["group_by"] == "subject"
+    anonymous, _ = phantom_images(320, seed=1, with_subjects=False)
+    assert splits.make_splits(anonymous)["group_by"] == "auto"
+    with pytest.raises(DataError, match="subject ids"):
+        splits.make_splits(anonymous, "subject")
+
+
+# --------------------------------------------------------------------------- the split itself
+
+@pytest.mark.parametrize("mode", ["subject", "auto", "image"])
+def test_no_group_crosses_splits_and_every_image_is_placed(ph, ph_splits, mode):
+    images, subjects = ph
+    s = ph_splits[mode]
+    where = split_of(s)
+    assert sorted(where) == sorted(images.paths)
+    assert sum(len(s[name]) for name in splits.SPLITS) == len(images)
+    by_group: dict[str, set] = {}
+    for path, group in s["groups"].items():
+        by_group.setdefault(group, set()).add(where[path])
+    assert all(len(v) == 1 for v in by_group.values())
+    if mode != "image":  # the true subjects do not leak either
+        by_subject: dict[str, set] = {}
+        for path, subject in zip(images.paths, subjects):
+            by_subject.setdefault(subject, set()).add(where[path])
+        assert all(len(v) == 1 for v in by_subject.values())
+
+
+@pytest.mark.parametrize("mode", ["subject", "auto", "image"])
+def test_stratified_with_rare_class(ph, ph_splits, mode):
+    images, _ = ph
+    s = ph_splits[mode]
+    for name in s["classes"]:
+        n_groups = len({g for p, g in s["groups"].items() if p.startswith(name + "/")})
+        present = [split for split in splits.SPLITS if s["counts"][split][name] > 0]
+        if n_groups >= 3:
+            assert present == list(splits.SPLITS), name
+        else:
+            assert present[:2] == ["train", "test"], name  # 2 groups: one to train, one to test
+    # shares follow the requested fractions for the big classes
+    total = len(images)
+    assert abs(len(s["test"]) / total - 0.2) < 0.06 and abs(len(s["val"]) / total - 0.1) < 0.06
+    assert s["counts"]["train"]["Moderate_Demented"] >= 32 and s["counts"]["test"]["Moderate_Demented"] >= 1
+
+
+@pytest.mark.parametrize("mode", ["subject", "auto"])
+def test_fractions_nested_stratified_min_one_per_class(ph_splits, mode):
+    s = ph_splits[mode]
+    assert set(s["fractions"]) == {"0.01", "0.1", "0.2", "0.5", "1.0"}
+    ordered = [set(s["fractions"][k]) for k in ("0.01", "0.1", "0.2", "0.5", "1.0")]
+    assert all(a <= b for a, b in zip(ordered, ordered[1:]))
+    assert ordered[-1] == set(s["train"])
+    for key, paths in s["fractions"].items():
+        for name in s["classes"]:
+            n_class = s["counts"]["train"][name]
+            taken = sum(1 for p in paths if p.startswith(name + "/"))
+            assert taken == max(1, math.ceil(round(float(key) * n_class, 9)))
+            assert taken >= 1
+
+
+def test_label_subset_any_fraction_nests_with_stored(ph_splits):
+    s = ph_splits["subject"]
+    assert splits.label_subset(s, 0.1) == s["fractions"]["0.1"]
+    assert splits.label_subset(s, 1) == s["train"]
+    middle = set(splits.label_subset(s, 0.3))
+    assert set(s["fractions"]["0.2"]) <= middle <= set(s["fractions"]["0.5"])
+    assert splits.label_subset(s, 0.3) == splits.label_subset(s, 0.3)
+    tiny = splits.label_subset(s, 1e-6)
+    assert sorted({p.split("/")[0] for p in tiny}) == sorted(s["classes"]) and len(tiny) == len(s["classes"])
+    for bad in (0, -0.1, 1.5, float("nan"), "abc"):
+        with pytest.raises(UserError, match="label fraction"):
+            splits.label_subset(s, bad)
+
+
+def test_label_subset_names_a_class_without_training_images(ph_splits):
+    s = dict(ph_splits["subject"])
+    s["train_rank"] = {**s["train_rank"], "Moderate_Demented": []}
+    with pytest.raises(UserError, match="0.2.*Moderate_Demented"):
+        splits.label_subset(s, 0.2)
+
+
+def test_same_seed_same_bytes_other_seed_other_split(ph, tmp_path):
+    images, _ = ph
+    first, second, third = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    splits.write_splits(splits.make_splits(images, "auto", seed=0), first)
+    splits.write_splits(splits.make_splits(images, "auto", seed=0), second)
+    splits.write_splits(splits.make_splits(images, "auto", seed=1), third)
+    assert first.read_bytes() == second.read_bytes()
+    assert json.loads(first.read_text())["test"] != json.loads(third.read_text())["test"]
+    assert splits.read_splits(first) == splits.make_splits(images, "auto", seed=0)
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic write left no temp file
+
+
+# --------------------------------------------------------------------------- audit
+
+def planted_images(n_bases: int = 120, seed: int = 0) -> tuple[ImageSet, int]:
+    """Independent smooth random images, half of them with a slightly noisy twin (same subject)."""
+    rng = np.random.default_rng(seed)
+    coarse = torch.from_numpy(rng.uniform(0, 255, (n_bases, 1, 8, 8)).astype(np.float32))
+    bases = torch.nn.functional.interpolate(coarse, size=32, mode="bilinear", align_corners=False)
+    noise = rng.normal(0, 2.0, (n_bases // 2, 1, 32, 32)).astype(np.float32)
+    twins = bases[: n_bases // 2] + torch.from_numpy(noise)
+    pixels = torch.cat([bases, twins]).clamp(0, 255).round().to(torch.uint8)
+    labels = np.array([k % 2 for k in range(n_bases)] + [k % 2 for k in range(n_bases // 2)], dtype=np.int64)
+    subjects = [f"s{k:03d}" for k in range(n_bases)] + [f"s{k:03d}" for k in range(n_bases // 2)]
+    paths = [f"{'ab'[y]}/{s}_{i}.png" for i, (y, s) in enumerate(zip(labels, subjects))]
+    return ImageSet(root=Path("/planted"), layout="manifest", classes=["a", "b"], paths=paths, labels=labels,
+                    subjects=subjects, images=pixels), n_bases // 2
+
+
+def test_audit_finds_planted_twins_across_image_split_and_none_across_subject_split():
+    images, n_twins = planted_images()
+    naive = splits.make_splits(images, "image", seed=0)
+    where = split_of(naive)
+    first = len(images) - n_twins  # twin k is image first + k
+    crossing = sum(where[images.paths[k]] != where[images.paths[first + k]] for k in range(n_twins))
+    report = splits.audit(images, naive)
+    assert crossing > 0
+    assert report["near_duplicate_pairs"] == n_twins  # exactly the planted pairs, no stranger
+    assert report["cross_split_pairs"] == crossing == sum(report["pairs_by_splits"].values())
+    assert report["examples"] and report["examples"][0]["cosine"] > 0.99
+    assert splits.audit(images, splits.make_splits(images, "subject"))["cross_split_pairs"] == 0
+    auto = splits.make_splits(images, "auto")
+    assert splits.audit(images, auto)["cross_split_pairs"] == 0
+    assert auto["group_stats"]["n_groups"] == len(images) - n_twins  # twins grouped, strangers alone
+
+
+def test_audit_on_phantoms_many_for_image_split_none_for_auto(ph, ph_splits, tmp_path):
+    images, _ = ph
+    naive = splits.audit(images, ph_splits["image"], max_examples=3)
+    assert naive["cross_split_pairs"] > 300 and naive["share_with_train_twin"]["test"] > 0.5
+    assert len(naive["examples"]) == 3
+    assert splits.audit(images, ph_splits["auto"])["cross_split_pairs"] == 0
+    out = tmp_path / "montage.png"
+    splits.save_montage(images, naive, out)
+    assert Image.open(out).size[0] > 100
+
+
+# --------------------------------------------------------------------------- files, stages, CLI
+
+def test_read_splits_errors_are_one_clear_line(ph_splits, tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        splits.read_splits(tmp_path / "none.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(DataError, match="not valid JSON"):
+        splits.read_splits(tmp_path / "bad.json")
+    (tmp_path / "partial.json").write_text(json.dumps({"train": [], "val": []}))
+    with pytest.raises(DataError, match="lacks key"):
+        splits.read_splits(tmp_path / "partial.json")
+    overlapping = dict(ph_splits["subject"], val=ph_splits["subject"]["val"] + ph_splits["subject"]["test"][:1])
+    (tmp_path / "overlap.json").write_text(json.dumps(overlapping))
+    with pytest.raises(DataError, match="both val and test"):
+        splits.read_splits(tmp_path / "overlap.json")
+    for path in ("bad.json", "partial.json", "overlap.json"):
+        with pytest.raises(DataError) as err:
+            splits.read_splits(tmp_path / path)
+        assert "\n" not in str(err.value)
+
+
+def test_splits_for_reads_the_file_or_computes_the_same_split(ph, tmp_path):
+    images, _ = ph
+    cfg = SimpleNamespace(splits=None, group_by="default", val_frac=0.1, test_frac=0.2, split_seed=0)
+    computed = splits.splits_for(cfg, images)
+    assert computed == splits.make_splits(images)
+    splits.write_splits(computed, tmp_path / "splits.json")
+    cfg.splits = str(tmp_path / "splits.json")
+    assert splits.splits_for(cfg, images) == computed
+    other, _ = phantom_images(320, seed=5)
+    other.paths = [p.replace(".png", ".jpg") for p in other.paths]
+    with pytest.raises(DataError, match="not in the dataset"):
+        splits.splits_for(cfg, other)
+
+
+def test_presplit_layout_is_honoured_and_val_carved_from_train(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 12), ("test", 4)):
+        for name in ("Mild_Demented", "Non_Demented"):
+            for k in range(count):
+                arr = rng.integers(0, 255, (24, 24), dtype=np.uint8)
+                (tmp_path / "ds" / split / name).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(arr, "L").save(tmp_path / "ds" / split / name / f"{k}.png")
+    images = data.decode(data.scan(tmp_path / "ds"), 32, tmp_path / "cache")
+    s = splits.make_splits(images, "image", val_frac=0.25, test_frac=0.2)
+    given = dict(zip(images.paths, images.presplit))
+    assert all(given[p] == "test" for p in s["test"]) and len(s["test"]) == 8
+    assert all(given[p] == "train" for p in s["val"]) and len(s["val"]) == 8  # 0.25 of all 32, per class
+    assert s["counts"]["val"] == {"Mild_Demented": 4, "Non_Demented": 4}
+
+
+def test_cli_split_and_audit(tmp_path, capsys):
+    root = phantom.write_dataset(tmp_path / "ph", n=320, seed=0, size=32)
+    common = ["--data-dir", str(root), "--image-size", "32", "--cache-dir", str(tmp_path / "cache")]
+    for mode in ("auto", "image"):
+        out = tmp_path / f"{mode}.json"
+        data.main(["split", *common, "--out", str(out), "--group-by", mode])
+        printed = capsys.readouterr().out
+        assert "train" in printed and "Moderate_Demented" in printed and f"group_by {mode}" in printed
+        data.main(["audit", *common, "--splits", str(out), "--json", "--montage", str(tmp_path / f"{mode}.png")])
+        report = json.loads(capsys.readouterr().out)
+        assert (report["cross_split_pairs"] == 0) == (mode == "auto")
+        assert (tmp_path / f"{mode}.png").is_file()
+    auto = splits.read_splits(tmp_path / "auto.json")
+    assert auto["group_stats"]["n_groups"] == 10  # 10 phantom subjects of 32 slices
+    data.main(["split", *common, "--out", str(tmp_path / "subject.json")])
+    assert splits.read_splits(tmp_path / "subject.json")["group_by"] == "subject"  # manifest has subject ids
+    with pytest.raises(DataError, match="--data-dir"):
+        data.main(["split", "--out", str(tmp_path / "x.json")])
+    with pytest.raises(DataError, match="--out"):
+        data.main(["split", *common])
