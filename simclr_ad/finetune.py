@@ -191,7 +191,8 @@ def run(cfg: FinetuneConfig, images: data.ImageSet | None = None) -> Path:
         shown = np.arange(min(8, len(test_paths)))
         inputs = augment.prepare(images.images[index["test"][shown]], cfg.image_size)
         report.log_run_figures(log.writer, metrics, model.float().to(memory_format=torch.contiguous_format),
-                               cfg.arch, inputs, probabilities[shown].argmax(1).tolist(), classes)
+                               cfg.arch, inputs, probabilities[shown].argmax(1).tolist(), classes,
+                               true=test_labels[shown].tolist(), step=best["best_epoch"])
     log.close()
     metrics["wall_s"] = round(time.time() - started, 2)
     write_json(run_dir / "metrics.json", metrics)  # written last: it marks the run complete
@@ -227,7 +228,9 @@ def sweep(cfg: FinetuneConfig) -> Path:
     split_file = Path(cfg.splits) if cfg.splits else root / "splits.json"
     if not cfg.splits:
         splits.write_splits(splits.splits_for(cfg, images), split_file)
-    cells = list(itertools.product(cfg.inits, cfg.modes, cfg.fractions, cfg.seeds))
+    # seeds outermost: a sweep stopped early still holds complete arm-vs-arm comparisons
+    cells = [(init, mode, fraction, seed) for seed, fraction, mode, init in
+             itertools.product(cfg.seeds, cfg.fractions, cfg.modes, cfg.inits)]
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     for i, (init, mode, fraction, seed) in enumerate(cells):
         out = root / f"{init}-{mode}" / f"frac{fraction:g}" / f"seed{seed}"

@@ -127,8 +127,11 @@ def test_label_subset_any_fraction_nests_with_stored(ph_splits):
     middle = set(splits.label_subset(s, 0.3))
     assert set(s["fractions"]["0.2"]) <= middle <= set(s["fractions"]["0.5"])
     assert splits.label_subset(s, 0.3) == splits.label_subset(s, 0.3)
-    tiny = splits.label_subset(s, 1e-6)
-    assert sorted({p.split("/")[0] for p in tiny}) == sorted(s["classes"]) and len(tiny) == len(s["classes"])
+    smallest = len(s["classes"]) / len(s["train"])  # one image per class on average
+    tiny = splits.label_subset(s, smallest)
+    assert sorted({p.split("/")[0] for p in tiny}) == sorted(s["classes"])  # every class, >= 1 image
+    with pytest.raises(UserError, match="fewer than one image per class"):
+        splits.label_subset(s, smallest * 0.9)
     for bad in (0, -0.1, 1.5, float("nan"), "abc"):
         with pytest.raises(UserError, match="label fraction"):
             splits.label_subset(s, bad)

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The full CPU-scale protocol on the real Kaggle data (issue: real results), both protocols:
+#   subject_split (--group-by auto, the honest one) and image_split (--group-by image, the literature's).
+# Hours of CPU: run it with nohup; every stage resumes, so re-running continues where it stopped.
+#   nohup bash scripts/real_results.sh > real_results.log 2>&1 &
+# Runs (checkpoints included) live in $RUNS, outside the repo; results/alzheimer_cpu gets the
+# reports, every run's metrics.json and config.yaml, and RUN.md (commands, SHA, machine, wall times).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
+DATA="${DATA:-$ROOT/../shared/data/alzheimer_mri_128}"
+RUNS="${RUNS:-$HOME/simclr_ad_runs/alzheimer_cpu}"
+OUT="$ROOT/results/alzheimer_cpu"
+CONFIG=configs/cpu.yaml
+SEEDS="${SEEDS:-0 1 2}"
+mkdir -p "$RUNS"
+LOG="$RUNS/stages.tsv"
+
+# stage NAME CMD...: runs CMD unless NAME already finished; logs each sitting's wall time.
+stage() {
+  local name=$1; shift
+  if grep -q "^$name	done	" "$LOG" 2>/dev/null; then return 0; fi
+  local start; start=$(date +%s)
+  echo "== $name: $*"
+  if "$@"; then status=done; else status=failed; fi
+  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$status" "$(( $(date +%s) - start ))" "$(git -C "$ROOT" rev-parse --short HEAD)" "$*" >> "$LOG"
+  [ "$status" = done ]
+}
+
+for protocol in subject_split image_split; do
+  group=$([ "$protocol" = subject_split ] && echo auto || echo image)
+  mkdir -p "$RUNS/$protocol"
+  stage "split-$protocol" python -m simclr_ad.data split --data-dir "$DATA" --group-by "$group" --seed 0 \
+    --out "$RUNS/$protocol/splits.json"
+  stage "audit-$protocol" bash -c "python -m simclr_ad.data audit --data-dir '$DATA' --splits '$RUNS/$protocol/splits.json' \
+    --json --montage '$RUNS/$protocol/audit.png' > '$RUNS/$protocol/audit.json'"
+done
+
+# One SimCLR run on all 6400 images (labels unused) serves both protocols; its kNN monitor uses the subject split.
+stage pretrain python -m simclr_ad.pretrain --config "$CONFIG" --data-dir "$DATA" \
+  --splits "$RUNS/subject_split/splits.json" --pretrain-on all --out "$RUNS/pretrain"
+
+for protocol in subject_split image_split; do
+  common=(--config "$CONFIG" --data-dir "$DATA" --splits "$RUNS/$protocol/splits.json" --sweep
+          --encoder "$RUNS/pretrain/encoder.pt" --seeds $SEEDS --out "$RUNS/$protocol/finetune")
+  stage "finetune-$protocol" python -m simclr_ad.finetune "${common[@]}" --inits simclr random \
+    --fractions 0.01 0.1 0.2 0.5 1.0
+  stage "linear-$protocol" python -m simclr_ad.finetune "${common[@]}" --inits simclr --modes linear \
+    --fractions 0.1 1.0
+done
+
+for protocol in subject_split image_split; do
+  stage "report-$protocol" python -m simclr_ad.report --runs "$RUNS/$protocol/finetune" --out "$OUT/$protocol" \
+    --copy-runs
+done
+stage report-comparison python -m simclr_ad.report --runs "$RUNS/subject_split/finetune" \
+  --runs "$RUNS/image_split/finetune" --out "$OUT/comparison" --no-gradcam
+python -m simclr_ad.report --run-md "$LOG" --runs "$RUNS/pretrain" --out "$OUT"
