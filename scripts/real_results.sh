@@ -29,10 +29,11 @@ stage() {
 for protocol in subject_split image_split; do
   group=$([ "$protocol" = subject_split ] && echo auto || echo image)
   mkdir -p "$RUNS/$protocol"
+  mkdir -p "$OUT/$protocol"
   stage "split-$protocol" python -m simclr_ad.data split --data-dir "$DATA" --group-by "$group" --seed 0 \
     --out "$RUNS/$protocol/splits.json"
-  stage "audit-$protocol" bash -c "python -m simclr_ad.data audit --data-dir '$DATA' --splits '$RUNS/$protocol/splits.json' \
-    --json --montage '$RUNS/$protocol/audit.png' > '$RUNS/$protocol/audit.json'"
+  stage "audit-$protocol" python -m simclr_ad.data audit --data-dir "$DATA" --splits "$RUNS/$protocol/splits.json" \
+    --out "$OUT/$protocol/audit.json" --montage "$OUT/$protocol/audit_montage.png"
 done
 
 # One SimCLR run on all 6400 images (labels unused) serves both protocols; its kNN monitor uses the subject split.
@@ -52,6 +53,6 @@ for protocol in subject_split image_split; do
   stage "report-$protocol" python -m simclr_ad.report --runs "$RUNS/$protocol/finetune" --out "$OUT/$protocol" \
     --copy-runs
 done
-stage report-comparison python -m simclr_ad.report --runs "$RUNS/subject_split/finetune" \
-  --runs "$RUNS/image_split/finetune" --out "$OUT/comparison" --no-gradcam
-python -m simclr_ad.report --run-md "$LOG" --runs "$RUNS/pretrain" --out "$OUT"
+# Across protocols (the inflation table), the pretraining curve, and RUN.md from the stage log.
+python -m simclr_ad.report --runs "$RUNS/subject_split/finetune" --runs "$RUNS/image_split/finetune" \
+  --out "$OUT" --no-gradcam --pretrain "$RUNS/pretrain" --stages "$LOG"

@@ -20,6 +20,8 @@ import torch
 from simclr_ad.errors import UserError
 
 CHECKPOINT_FORMAT = 1
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 class CheckpointError(UserError):
@@ -36,6 +38,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise CheckpointError(f"cannot write {path}: {err.strerror or err}") from None
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o666 & ~_UMASK)  # mkstemp's 0600 would hide results from others
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

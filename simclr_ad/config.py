@@ -80,7 +80,7 @@ class CommonConfig:
 class AugmentConfig:
     """Strengths of the batched grayscale augmentations (see augment.py)."""
 
-    aug_crop_scale_min: float = 0.08
+    aug_crop_scale_min: float = 0.3  # 0.08 is ImageNet@224's; small MRI slices keep more context
     aug_crop_scale_max: float = 1.0
     aug_flip_prob: float = 0.5
     aug_rotate_deg: float = 10.0
@@ -153,6 +153,7 @@ class FinetuneConfig(AugmentConfig, CommonConfig):
     plateau_patience: int = 5
     plateau_factor: float = 0.5
     eval_batch_size: int = 256
+    min_steps_per_epoch: int = 0  # >0: small label subsets are repeated to give this many steps per epoch
     # sweep mode: run the grid below, one sub-run each, skipping finished ones
     sweep: bool = False
     fractions: tuple[float, ...] = (0.01, 0.1, 0.2, 0.5, 1.0)

@@ -54,8 +54,9 @@ def train_one_epoch(model, images: torch.Tensor, labels: torch.Tensor, cfg: Fine
     model.train()
     if cfg.mode == "linear":
         model.backbone.eval()  # a linear probe must not move BN statistics either
-    batches = [b for b in runtime.epoch_batches(len(images), cfg.batch_size, cfg.seed, epoch, rt,
-                                                drop_last=False) if len(b) > 1]  # BN needs 2+ samples
+    batches = [b for b in runtime.epoch_batches(len(images), cfg.batch_size, cfg.seed, epoch, rt, drop_last=False,
+                                                min_batches=cfg.min_steps_per_epoch)
+               if len(b) > 1]  # BatchNorm needs 2+ samples
     total, count, started = 0.0, 0, time.perf_counter()
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False,
                disable=not (cfg.progress and rt.is_main), dynamic_ncols=True)

@@ -162,3 +162,20 @@ def gradcam_grid_figure(images: np.ndarray, cams_by_arm: Mapping[str, np.ndarray
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
+
+
+def pretrain_curve_figure(records: Sequence[dict]) -> Figure:
+    """SimCLR loss per epoch, and the kNN monitor's balanced accuracy where it was measured."""
+    fig = _figure(9, 3.4)
+    loss_ax, knn_ax = fig.subplots(1, 2)
+    epochs = [r["epoch"] for r in records]
+    loss_ax.plot(epochs, [r["loss"] for r in records], marker=".")
+    loss_ax.set(xlabel="epoch", ylabel="NT-Xent loss", title="pretraining loss")
+    knn = [(r["epoch"], r["knn_balanced_accuracy"], r.get("knn_accuracy")) for r in records if "knn_balanced_accuracy" in r]
+    if knn:
+        knn_ax.plot([k[0] for k in knn], [k[1] for k in knn], marker="o", label="balanced accuracy")
+        knn_ax.plot([k[0] for k in knn], [k[2] for k in knn], marker="x", label="accuracy")
+        knn_ax.legend(loc="lower right")
+    knn_ax.set(xlabel="epoch", ylabel="kNN on validation", title="kNN monitor (frozen features)", ylim=(0, 1))
+    fig.tight_layout()
+    return fig

@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> Path:
                                 epoch, start_batch, on_step, log)
         start_batch = 0
         record = {"epoch": epoch + 1, **stats, "lr": scheduler.get_last_lr()[0], "n_images": len(pool)}
-        if cfg.knn_every and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs) and rt.is_main:
+        knn_due = cfg.knn_every and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs)
+        if knn_due and rt.is_main and len(monitor_query) and len(monitor_bank):
             record.update(evaluate.knn_monitor(
                 getattr(model, "module", model).backbone, monitor_bank.images, monitor_bank.labels,
                 monitor_query.images, monitor_query.labels, len(images.classes), cfg.image_size, rt,

@@ -636,6 +636,54 @@ def build_document(runs: Sequence[Run], rows: Sequence[dict], figures: dict[str,
     return doc
 
 
+# --------------------------------------------------------------------------- run records
+
+RECORD_FILES = ("metrics.json", "metrics.jsonl", "config.yaml")
+
+
+def copy_run_records(runs: Sequence[Run], roots: Sequence[str], dest: Path) -> None:
+    """Copy each run's small record files (never checkpoints) to ``dest/<path under its root>``."""
+    resolved = [Path(r).resolve() for r in roots]
+    for run in runs:
+        here = run.path.resolve()
+        root = next((r for r in resolved if r == here or r in here.parents), here.parent)
+        prefix = Path(root.name) if len(resolved) > 1 else Path()
+        for name in RECORD_FILES:
+            if (run.path / name).is_file():
+                atomic_write_bytes(dest / prefix / here.relative_to(root) / name, (run.path / name).read_bytes())
+
+
+def pretrain_curve(run_dir: Path, dest: Path) -> bytes | None:
+    """Copy a pretrain run's config.yaml/metrics.jsonl to ``dest`` and plot its curve (None if absent)."""
+    log = run_dir / "metrics.jsonl"
+    if not log.is_file():
+        return None
+    for name in ("config.yaml", "metrics.jsonl"):
+        if (run_dir / name).is_file():
+            atomic_write_bytes(dest / name, (run_dir / name).read_bytes())
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return png_bytes(plots.pretrain_curve_figure(records))
+
+
+def write_run_md(stages_tsv: Path, out: Path) -> None:
+    """RUN.md from a stage log (name, status, seconds, git SHA, command per line) plus the machine."""
+    import os
+    import platform
+
+    rows = [line.split("\t", 4) for line in stages_tsv.read_text().splitlines() if line.strip()]
+    total = sum(int(r[2]) for r in rows if len(r) == 5)
+    lines = ["# How these results were made", "",
+             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}, "
+             f"Python {platform.python_version()}, torch {torch.__version__}. No GPU.", "",
+             f"Total wall time of the logged sittings: {total / 3600:.2f} h.", "",
+             "| stage | status | wall time | git SHA | exact command |", "|---|---|---|---|---|"]
+    for row in rows:
+        if len(row) == 5:
+            name, status, seconds, sha, command = row
+            lines.append(f"| {name} | {status} | {int(seconds) / 60:.1f} min | {sha} | `{command}` |")
+    atomic_write_text(out, "\n".join(lines) + "\n")
+
+
 # --------------------------------------------------------------------------- entry point
 
 @friendly_errors
@@ -647,6 +695,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", required=True, metavar="REPORT_DIR")
     parser.add_argument("--gradcam-per-class", type=int, default=2, metavar="N", help="test images per class")
     parser.add_argument("--no-gradcam", action="store_true", help="skip the Grad-CAM study (fast)")
+    parser.add_argument("--pretrain", default=None, metavar="RUN_DIR",
+                        help="a pretrain run: its loss/kNN curve goes into the report, its logs into REPORT_DIR")
+    parser.add_argument("--copy-runs", action="store_true",
+                        help="copy every run's metrics.json, metrics.jsonl and config.yaml into REPORT_DIR/runs/")
+    parser.add_argument("--stages", default=None, metavar="TSV",
+                        help="stage log of scripts/real_results.sh: written as RUN.md in REPORT_DIR")
     parser.add_argument("--num-threads", type=int, default=0, metavar="N",
                         help="torch CPU threads (0: torch's default; 1 is fastest on a busy shared CPU)")
     args = parser.parse_args(argv)
@@ -663,8 +717,16 @@ def main(argv: list[str] | None = None) -> Path:
     out = Path(args.out)
     write_summary_csv(rows, out / "summary.csv")
 
+    if args.copy_runs:
+        copy_run_records(runs, args.runs, out / "runs")
+    if args.stages:
+        write_run_md(Path(args.stages), out / "RUN.md")
+
     # ---------------------------------------------------------------- figures
     figures = {"label_efficiency.png": png_bytes(plots.label_efficiency_figure(rows))}
+    curve = pretrain_curve(Path(args.pretrain), out / "pretrain") if args.pretrain else None
+    if curve:
+        figures["pretrain_curve.png"] = curve
     figures.update(confusion_figures(runs))
     study = CamStudy(notes=["skipped (--no-gradcam)"]) if args.no_gradcam else \
         gradcam_study(runs, args.gradcam_per_class)
@@ -674,6 +736,9 @@ def main(argv: list[str] | None = None) -> Path:
 
     # ---------------------------------------------------------------- report
     doc = build_document(runs, rows, figures, study, args.runs)
+    if curve:
+        doc.heading(2, "Pretraining")
+        doc.figure("pretrain_curve.png", f"SimCLR loss and kNN monitor of {args.pretrain}")
     atomic_write_text(out / "report.md", doc.markdown())
     atomic_write_text(out / "report.html", doc.html("simclr_ad report"))
     print(f"report: {out / 'report.md'} ({sum(r.complete for r in runs)} complete run(s), "

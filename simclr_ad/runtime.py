@@ -137,20 +137,24 @@ def all_reduce_mean(value: float, rt: Runtime) -> float:
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rt: Runtime,
-                  drop_last: bool = True) -> list[torch.Tensor]:
+                  drop_last: bool = True, min_batches: int = 0) -> list[torch.Tensor]:
     """This rank's batches of indices into ``range(n)`` for one epoch.
 
     The permutation depends only on (seed, epoch), so every rank agrees on it and a
     resumed run replays the same order; rank r takes every world_size-th batch.
+    ``min_batches`` lengthens an epoch over a small set with further permutations,
+    so a 1 % label subset still gets that many optimizer steps per epoch.
     """
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     global_batch = batch_size * rt.world_size
-    n_batches = n // global_batch if drop_last else -(-n // global_batch)
-    batches = []
-    for b in range(n_batches):
-        chunk = order[b * global_batch:(b + 1) * global_batch]
-        batches.append(chunk[rt.rank::rt.world_size])
-    return batches
+    orders = [torch.randperm(n, generator=generator)]
+    while sum(map(len, orders)) < min_batches * global_batch:
+        orders.append(torch.randperm(n, generator=generator))
+    order = torch.cat(orders)
+    total = max(len(order) // global_batch if drop_last else -(-len(order) // global_batch), 0)
+    if min_batches and len(orders) > 1:
+        total = min_batches
+    return [order[b * global_batch:(b + 1) * global_batch][rt.rank::rt.world_size] for b in range(total)]
 
 
 @contextlib.contextmanager

@@ -692,6 +692,10 @@ def _cmd_audit(args: argparse.Namespace) -> None:
     report = audit(images, splits, max_examples=args.max_examples)
     if args.montage:
         save_montage(images, report, args.montage)
+    if args.out:
+        from simclr_ad.checkpoint import atomic_write_text
+
+        atomic_write_text(Path(args.out), json.dumps(report, indent=2, sort_keys=True) + "\n")
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
         return
@@ -732,5 +736,6 @@ def add_cli(subparsers) -> None:
     common(check)
     check.add_argument("--splits", default=None, help="split file to check")
     check.add_argument("--montage", default=None, help="save a PNG of the worst crossing pairs")
+    check.add_argument("--out", default=None, help="also write the JSON report to this file")
     check.add_argument("--max-examples", type=int, default=12)
     check.set_defaults(handler=_cmd_audit)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 os.environ.setdefault("SIMCLR_AD_NO_REEXEC", "1")
@@ -19,6 +20,15 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     cache = tmp_path_factory.getbasetemp() / "simclr_cache"
     monkeypatch.setenv("SIMCLR_AD_CACHE", str(cache))
     return cache
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread: on a shared 2-core CPU, spinning OpenMP threads make tiny models 10-40x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def write_png(path: Path, size=(40, 40), mode="L", seed=0, value=None) -> Path:

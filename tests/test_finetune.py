@@ -135,3 +135,15 @@ def test_sweep_runs_grid_and_resumes(encoder, tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in root.rglob("metrics.json")}
     finetune.main(args)
     assert stamps == {p: p.stat().st_mtime_ns for p in root.rglob("metrics.json")}
+
+
+def test_min_steps_per_epoch_repeats_small_subsets():
+    from simclr_ad import runtime
+
+    rt = runtime.Runtime(device=torch.device("cpu"), dtype=None, channels_last=False)
+    plain = runtime.epoch_batches(10, 4, 0, 0, rt, drop_last=False)
+    assert [len(b) for b in plain] == [4, 4, 2] and sorted(torch.cat(plain).tolist()) == list(range(10))
+    longer = runtime.epoch_batches(10, 4, 0, 0, rt, drop_last=False, min_batches=5)
+    assert [len(b) for b in longer] == [4] * 5 and torch.equal(longer[0], plain[0])
+    big, reference = runtime.epoch_batches(100, 4, 0, 0, rt, min_batches=5), runtime.epoch_batches(100, 4, 0, 0, rt)
+    assert len(big) == 25 and all(torch.equal(a, b) for a, b in zip(big, reference))  # no effect on large sets

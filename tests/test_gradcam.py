@@ -8,13 +8,7 @@ from simclr_ad import augment, gradcam
 from simclr_ad.models import build_classifier
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core CPU, spinning OpenMP threads make tiny models 10-40x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SIZE = 64

@@ -13,13 +13,7 @@ from simclr_ad.data import scan
 from simclr_ad.models import build_classifier
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core CPU, spinning OpenMP threads make tiny models 10-40x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 CLASSES = ["Mild_Demented", "Non_Demented", "Very_Mild_Demented"]
@@ -196,3 +190,25 @@ def test_log_run_figures_writes_tensorboard_images(tmp_path):
 
     events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0}).Reload()
     assert set(events.Tags()["images"]) == {"test/confusion_matrix", "test/gradcam"}
+
+
+def test_run_records_pretrain_curve_and_run_md(runs, tmp_path):
+    pre = tmp_path / "pre"
+    pre.mkdir()
+    (pre / "config.yaml").write_text("arch: resnet18\n")
+    (pre / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "loss": 5 - e, "knn_accuracy": 0.3 + e / 10,
+                                                           "knn_balanced_accuracy": 0.25 + e / 10}) + "\n"
+                                               for e in (1, 2, 3)))
+    stages = tmp_path / "stages.tsv"
+    stages.write_text("pretrain\tdone\t3600\tabc1234\tpython -m simclr_ad.pretrain --config configs/cpu.yaml\n"
+                      "finetune-subject_split\tfailed\t60\tabc1234\tpython -m simclr_ad.finetune --sweep\n")
+    out = report.main(["--runs", str(runs), "--out", str(tmp_path / "rep"), "--no-gradcam", "--copy-runs",
+                       "--pretrain", str(pre), "--stages", str(stages)])
+    copied = sorted(p.relative_to(out / "runs").as_posix() for p in (out / "runs").rglob("metrics.json"))
+    assert "subject/simclr-finetune/frac0.1/seed0/metrics.json" in copied
+    assert not list((out / "runs").rglob("*.pt"))
+    assert (out / "pretrain_curve.png").is_file() and (out / "pretrain" / "metrics.jsonl").is_file()
+    assert "pretrain_curve.png" in (out / "report.md").read_text()
+    run_md = (out / "RUN.md").read_text()
+    assert "| pretrain | done | 60.0 min | abc1234 | `python -m simclr_ad.pretrain --config configs/cpu.yaml` |" in run_md
+    assert "Total wall time of the logged sittings: 1.02 h" in run_md
