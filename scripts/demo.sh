@@ -6,18 +6,21 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 OUT="${1:-demo_runs}"
 CONFIG=configs/demo.yaml
+mkdir -p "$OUT"
 
 # Every stage computes the same subject-grouped split from the data and split seed;
 # the sweep also writes it to $OUT/finetune/splits.json.
+python -m simclr_ad.data synth --preview "$OUT/phantoms.png"
 python -m simclr_ad.pretrain --config "$CONFIG" --out "$OUT/pretrain"
 python -m simclr_ad.finetune --config "$CONFIG" --sweep \
   --encoder "$OUT/pretrain/encoder.pt" --inits simclr random --fractions 0.01 0.1 0.2 0.5 1.0 --seeds 0 \
   --out "$OUT/finetune"
-python -m simclr_ad.report --runs "$OUT/finetune" --out "$OUT/report"
+python -m simclr_ad.report --runs "$OUT/finetune" --pretrain "$OUT/pretrain" --out "$OUT/report"
 
 echo
 echo "Outputs:"
 echo "  pretraining run : $OUT/pretrain   (encoder.pt, metrics.jsonl, tb/)"
 echo "  fine-tune runs  : $OUT/finetune/<init>-<mode>/frac<F>/seed<S>/metrics.json"
 echo "  report          : $OUT/report/report.md  (and report.html, summary.csv, figures)"
+echo "  phantom examples: $OUT/phantoms.png"
 echo "  TensorBoard     : tensorboard --logdir $OUT"

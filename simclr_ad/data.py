@@ -403,8 +403,13 @@ def _cmd_inspect(args: argparse.Namespace) -> None:
 def _cmd_synth(args: argparse.Namespace) -> None:
     from simclr_ad import phantom
 
-    out = phantom.write_dataset(args.out, n=args.n, seed=args.seed, size=args.size)
-    print(f"wrote {args.n} phantom images to {out} (manifest: {out / 'manifest.csv'})")
+    if not args.out and not args.preview:
+        raise DataError("`synth` needs --out DIR (the dataset) and/or --preview PNG (a picture of it)")
+    if args.preview:
+        print(f"preview: {phantom.preview(args.preview, seed=args.seed, size=args.size)}")
+    if args.out:
+        out = phantom.write_dataset(args.out, n=args.n, seed=args.seed, size=args.size)
+        print(f"wrote {args.n} phantom images to {out} (manifest: {out / 'manifest.csv'})")
 
 
 @friendly_errors
@@ -417,7 +422,8 @@ def main(argv: list[str] | None = None) -> None:
     inspect.add_argument("--cache-dir", default=None)
     inspect.add_argument("--json", action="store_true")
     synth = sub.add_parser("synth", help="write the synthetic phantom dataset")
-    synth.add_argument("--out", required=True)
+    synth.add_argument("--out", default=None, help="write the dataset here (class folders + manifest.csv)")
+    synth.add_argument("--preview", default=None, help="save a grid of examples per grade, with masks, as PNG")
     synth.add_argument("--n", type=int, default=6400)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--size", type=int, default=128)
