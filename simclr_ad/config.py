@@ -36,6 +36,7 @@ class CommonConfig:
     synth_seed: int = 0
     image_size: int = 128
     strict: bool = False  # unreadable images are an error instead of a named skip
+    allow_absolute_paths: bool = False  # manifest paths may point outside the data root
     cache_dir: Optional[str] = None  # decoded-image cache; None: ~/.cache/simclr_ad
     # protocol
     splits: Optional[str] = None  # splits.json; None: computed from the data with the keys below

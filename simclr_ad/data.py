@@ -345,7 +345,7 @@ def load_dataset(cfg) -> ImageSet:
         root = phantom_dir(cfg.synth_n, cfg.synth_seed, cfg.cache_dir)
         found = replace(scan(root), layout="synthetic")
     else:
-        found = scan(cfg.data_dir)
+        found = scan(cfg.data_dir, allow_absolute=cfg.allow_absolute_paths)
     return decode(found, cfg.image_size, cfg.cache_dir, strict=cfg.strict, progress=cfg.progress)
 
 

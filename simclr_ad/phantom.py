@@ -466,6 +466,8 @@ def write_dataset(out_dir: str | Path, n: int, seed: int = 0, size: int = 128,
     if (out_dir / "manifest.csv").is_file():
         return out_dir
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        if (out_dir / "manifest.csv").is_file():  # another process (a torchrun rank) just finished it
+            return out_dir
         raise UserError(f"{out_dir} exists but has no manifest.csv, so it is not a finished phantom "
                         "dataset; delete it or choose another directory")
     if out_dir.exists():

@@ -172,6 +172,16 @@ def test_cli_errors_are_one_line(tmp_path):
 def test_synthetic_default_dataset(tmp_path):
     class Cfg:
         data_dir, synth_n, synth_seed, image_size, cache_dir, strict, progress = None, 64, 0, 32, str(tmp_path), False, False
+        allow_absolute_paths = False
     found = data.load_dataset(Cfg)
     assert found.layout == "synthetic" and len(found) == 64 and found.subjects is not None
     assert found.masks is not None and found.masks.shape == found.images.shape
+
+
+def test_absolute_manifest_paths_only_when_allowed(tmp_path):
+    outside = write_png(tmp_path / "elsewhere" / "a.png")
+    write_png(tmp_path / "ds" / "b.png", seed=3)
+    (tmp_path / "ds" / "manifest.csv").write_text(f"path,label\n{outside},A\nb.png,B\n")
+    with pytest.raises(DataError, match="absolute path"):
+        scan(tmp_path / "ds")
+    assert len(scan(tmp_path / "ds", allow_absolute=True)) == 2
