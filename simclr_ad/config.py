@@ -146,6 +146,7 @@ class FinetuneConfig(AugmentConfig, CommonConfig):
     mode: str = "finetune"  # finetune|linear
     task: str = "multiclass"  # multiclass|binary
     positive_classes: tuple[str, ...] = ("Very_Mild_Demented", "Mild_Demented", "Moderate_Demented")
+    binary_names: tuple[str, ...] = ("Non_Demented", "Demented")  # names of the negative and positive class
     lr: float = 1e-4
     weight_decay: float = 1e-8
     dropout: float = 0.5
@@ -181,6 +182,7 @@ class FinetuneConfig(AugmentConfig, CommonConfig):
         for mode in self.modes:
             _check(mode in ("finetune", "linear"), "modes", "must list finetune and/or linear")
         _check(self.task in ("multiclass", "binary"), "task", "must be multiclass or binary")
+        _check(len(self.binary_names) == 2, "binary_names", "must name exactly two classes (negative, positive)")
         for init in (self.init, *self.inits):
             _check(init in ("simclr", "random", "imagenet") or _is_path_like(init), "init",
                    f"{init!r} must be simclr, random, imagenet or a path to a state_dict")

@@ -32,20 +32,15 @@ from simclr_ad.runlog import RunLog, write_json
 
 
 def task_labels(images: data.ImageSet, cfg: FinetuneConfig) -> tuple[list[str], np.ndarray]:
-    """Class names and labels for the task: the dataset's classes, or negative/positive for binary."""
+    """Class names and labels for the task: the dataset's classes, or ``binary_names`` for binary."""
     if cfg.task == "multiclass":
         return list(images.classes), images.labels
     positive = {class_key(c) for c in cfg.positive_classes}
-    known = {class_key(c) for c in images.classes}
-    if not positive & known:
-        raise UserError(f"--positive-classes {' '.join(cfg.positive_classes)} match none of the dataset's "
-                        f"classes ({', '.join(images.classes)})")
     is_positive = np.array([class_key(c) in positive for c in images.classes])
-    negatives = [c for c in images.classes if class_key(c) not in positive]
-    names = ["+".join(negatives) if len(negatives) == 1 else "negative", "positive"]
-    if set(negatives) == {"Non_Demented"}:
-        names = ["Non_Demented", "Demented"]
-    return names, is_positive[images.labels].astype(np.int64)
+    if not is_positive.any() or is_positive.all():
+        raise UserError(f"--positive-classes {' '.join(cfg.positive_classes)} must match some but not all of "
+                        f"the dataset's classes ({', '.join(images.classes)})")
+    return list(cfg.binary_names), is_positive[images.labels].astype(np.int64)
 
 
 def train_one_epoch(model, images: torch.Tensor, labels: torch.Tensor, cfg: FinetuneConfig, rt: runtime.Runtime,

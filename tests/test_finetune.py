@@ -104,7 +104,7 @@ def test_binary_task(tmp_path):
     (["--label-frac", "1.5"], ConfigError, "label_frac"),
     (["--label-frac", "0.0001"], UserError, "0.0001"),
     (["--init", "simclr"], ModelError, "needs --encoder"),
-    (["--positive-classes", "Nope", "--task", "binary"], UserError, "match none"),
+    (["--positive-classes", "Nope", "--task", "binary"], UserError, "must match some but not all"),
 ])
 def test_bad_inputs(tmp_path, args, error, message):
     with pytest.raises(error, match=message):
