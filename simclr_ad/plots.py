@@ -177,5 +177,4 @@ def pretrain_curve_figure(records: Sequence[dict]) -> Figure:
         knn_ax.plot([k[0] for k in knn], [k[2] for k in knn], marker="x", label="accuracy")
         knn_ax.legend(loc="lower right")
     knn_ax.set(xlabel="epoch", ylabel="kNN on validation", title="kNN monitor (frozen features)", ylim=(0, 1))
-    fig.tight_layout()
     return fig
