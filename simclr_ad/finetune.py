@@ -97,6 +97,9 @@ def run(cfg: FinetuneConfig, images: data.ImageSet | None = None) -> Path:
     started = time.time()
     rt = runtime.setup(cfg, distributed=False)  # one run = one process; sweeps spread runs over ranks
     run_dir = checkpoint.prepare_run_dir(cfg.out or f"runs/finetune-{cfg.init}-{cfg.mode}-f{cfg.label_frac}-s{cfg.seed}")
+    if (run_dir / "metrics.json").is_file():  # the test split was already evaluated: never again
+        print(f"fine-tuning already finished in {run_dir} (metrics.json)")
+        return run_dir
     write_config(cfg, run_dir / "config.yaml")
 
     # ---------------------------------------------------------------- data
@@ -164,20 +167,8 @@ def run(cfg: FinetuneConfig, images: data.ImageSet | None = None) -> Path:
     test, probabilities = evaluate_split(model, images.images[index["test"]], test_labels, cfg, rt, eval_loss, classes)
     test_paths = [images.paths[i] for i in index["test"]]
     groups = [str(split["groups"][p]) for p in test_paths]
-    metrics = {**{k: v for k, v in test.items() if k != "loss"}, "test_loss": test["loss"],
-               "classes": classes, "label_frac": cfg.label_frac, "n_train": int(len(index["train"])),
-               "n_val": int(len(index["val"])), "n_test": int(len(index["test"])), "init": cfg.init,
-               "mode": cfg.mode, "arch": cfg.arch, "seed": cfg.seed, "task": cfg.task,
-               "best_epoch": best["best_epoch"], "val_balanced_accuracy": best["best_metric"],
-               "group_by": split["group_by"], "split_seed": split["seed"], "image_size": cfg.image_size,
-               "epochs": cfg.epochs, "data": cfg.data_dir or "synthetic", "encoder": cfg.encoder,
-               "pretrain_on": _pretrain_on(cfg), "git_sha": checkpoint.git_sha(),
-               "train_subset_sha1": hashlib.sha1("\n".join(sorted(images.paths[i] for i in index["train"])).encode()).hexdigest()}
-    if split["group_by"] != "image":
-        subject_true, subject_pred = evaluate.subject_level(probabilities, test_labels, groups)
-        subject = evaluate.classification_metrics(subject_true, subject_pred, classes)
-        metrics.update({f"subject_{k}": subject[k] for k in ("accuracy", "balanced_accuracy", "macro_f1",
-                                                              "confusion_matrix", "n")})
+    metrics = {**test_metrics(test, probabilities, test_labels, groups, split, classes),
+               **run_facts(cfg, split, index, images.paths, best)}
 
     # ---------------------------------------------------------------- save
     write_predictions(run_dir / "predictions.csv", test_paths, groups, test_labels, probabilities, classes)
@@ -193,6 +184,31 @@ def run(cfg: FinetuneConfig, images: data.ImageSet | None = None) -> Path:
     metrics["wall_s"] = round(time.time() - started, 2)
     write_json(run_dir / "metrics.json", metrics)  # written last: it marks the run complete
     return run_dir
+
+
+def test_metrics(test: dict, probabilities: np.ndarray, labels: np.ndarray, groups: list[str], split: dict,
+                 classes: list[str]) -> dict:
+    """Slice-level test metrics, plus subject-level ones (slice probabilities averaged) when groups exist."""
+    metrics = {**{k: v for k, v in test.items() if k != "loss"}, "test_loss": test["loss"], "classes": classes}
+    if split["group_by"] != "image":
+        subject_true, subject_pred = evaluate.subject_level(probabilities, labels, groups)
+        subject = evaluate.classification_metrics(subject_true, subject_pred, classes)
+        metrics.update({f"subject_{k}": subject[k] for k in ("accuracy", "balanced_accuracy", "macro_f1",
+                                                              "confusion_matrix", "n")})
+    return metrics
+
+
+def run_facts(cfg: FinetuneConfig, split: dict, index: dict, paths: list[str], best: dict) -> dict:
+    """What a report needs to know about how a run was made."""
+    train_paths = "\n".join(sorted(paths[i] for i in index["train"]))
+    return {"label_frac": cfg.label_frac, "n_train": int(len(index["train"])), "n_val": int(len(index["val"])),
+            "n_test": int(len(index["test"])), "init": cfg.init, "mode": cfg.mode, "arch": cfg.arch,
+            "seed": cfg.seed, "task": cfg.task, "best_epoch": best["best_epoch"],
+            "val_balanced_accuracy": best["best_metric"], "group_by": split["group_by"], "split_seed": split["seed"],
+            "image_size": cfg.image_size, "epochs": cfg.epochs, "data": cfg.data_dir or "synthetic",
+            "encoder": cfg.encoder, "pretrain_on": _pretrain_on(cfg), "git_sha": checkpoint.git_sha(),
+            # both arms of a comparison must show the same hash: same label subset
+            "train_subset_sha1": hashlib.sha1(train_paths.encode()).hexdigest()}
 
 
 def _model_info(classes: list[str], cfg: FinetuneConfig) -> dict:

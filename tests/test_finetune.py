@@ -147,3 +147,12 @@ def test_min_steps_per_epoch_repeats_small_subsets():
     assert [len(b) for b in longer] == [4] * 5 and torch.equal(longer[0], plain[0])
     big, reference = runtime.epoch_batches(100, 4, 0, 0, rt, min_batches=5), runtime.epoch_batches(100, 4, 0, 0, rt)
     assert len(big) == 25 and all(torch.equal(a, b) for a, b in zip(big, reference))  # no effect on large sets
+
+
+def test_finished_run_never_touches_the_test_split_again(arms, encoder, capsys):
+    run_dir = arms["random"]
+    stamp = (run_dir / "metrics.json").stat().st_mtime_ns
+    finetune.main(["--config", TINY, "--out", str(run_dir), "--label-frac", "0.1", "--init", "random",
+                   "--encoder", str(encoder)])
+    assert "already finished" in capsys.readouterr().out
+    assert (run_dir / "metrics.json").stat().st_mtime_ns == stamp

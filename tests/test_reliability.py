@@ -106,6 +106,7 @@ def _newer_format(tmp_path):
 
 def _arch_mismatch_resume(tmp_path):
     finetune.main(["--config", TINY, "--out", str(tmp_path / "run"), "--init", "random", "--epochs", "1"])
+    (tmp_path / "run" / "metrics.json").unlink()  # as if it had been killed before the end
     return ["--arch", "mobilenet_v2", "--epochs", "2"]
 
 
