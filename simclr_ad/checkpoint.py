@@ -154,7 +154,7 @@ def prepare_run_dir(path: str | Path) -> Path:
         raise CheckpointError(f"--out {path} is a file, not a directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
+        probe = path / f".write-test-{os.getpid()}"  # per process: torchrun ranks probe at once
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:

@@ -97,9 +97,9 @@ def build_optimizer(cfg: PretrainConfig, model: torch.nn.Module) -> torch.optim.
                      lr=cfg.lr, momentum=cfg.momentum)
 
 
-def export_encoder(model: torch.nn.Module, run_dir: Path) -> None:
-    backbone = getattr(model, "module", model).backbone
-    checkpoint.save({k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()},
+def export_encoder(model: SimCLRModel, run_dir: Path) -> None:
+    """encoder.pt: the backbone's plain state_dict (loads strictly into models.build_backbone)."""
+    checkpoint.save({k: v.detach().cpu().contiguous() for k, v in model.backbone.state_dict().items()},
                     run_dir / "encoder.pt")
 
 
@@ -108,7 +108,7 @@ def log_embeddings(model, images: data.ImageSet, cfg: PretrainConfig, rt: runtim
     if log.writer is None or len(images) == 0:
         return
     pick = np.linspace(0, len(images) - 1, num=min(1000, len(images))).astype(int)
-    feats = evaluate.embed(getattr(model, "module", model).backbone, images.images[pick], cfg.image_size, rt)
+    feats = evaluate.embed(model.backbone, images.images[pick], cfg.image_size, rt)
     thumbs = torch.nn.functional.interpolate(images.images[pick].float() / 255, size=(32, 32))
     log.writer.add_embedding(feats, metadata=[images.classes[y] for y in images.labels[pick]],
                              label_img=thumbs, global_step=cfg.epochs, tag="encoder")
@@ -125,6 +125,9 @@ def main(argv: list[str] | None = None) -> Path:
     torch.manual_seed(cfg.seed)
 
     # ---------------------------------------------------------------- data
+    if cfg.data_dir is None and rt.is_main:  # under torchrun, one rank writes the phantom set
+        data.phantom_dir(cfg.synth_n, cfg.synth_seed, cfg.cache_dir)
+    runtime.barrier()
     images = data.load_dataset(cfg)
     split = splits.splits_for(cfg, images)
     train_idx = images.indices_of(split["train"])
@@ -146,6 +149,7 @@ def main(argv: list[str] | None = None) -> Path:
         if cfg.sync_bn and rt.device.type == "cuda":  # torch's SyncBatchNorm is GPU-only
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
+    core = getattr(model, "module", model)  # unwrapped from DDP: what we save and evaluate
     optimizer = build_optimizer(cfg, model)
     total_steps = batches_per_epoch * cfg.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -156,15 +160,13 @@ def main(argv: list[str] | None = None) -> Path:
 
     # ---------------------------------------------------------------- resume
     last = run_dir / "checkpoints" / "last.pt"
-    ckpt = checkpoint.restore(last, getattr(model, "module", model), optimizer, scheduler, cfg.arch)
+    ckpt = checkpoint.restore(last, core, optimizer, scheduler, cfg.arch)
     start_epoch = ckpt["epoch"] if ckpt else 0
     start_batch = ckpt["extra"].get("batch_in_epoch", 0) if ckpt else 0
-    if ckpt and scheduler.last_epoch != ckpt["step"]:  # e.g. --epochs extended: same step, new horizon
-        scheduler.last_epoch = ckpt["step"]
     log = RunLog(run_dir, enabled=rt.is_main, resume_epoch=start_epoch if ckpt else None)
     if start_epoch >= cfg.epochs:
         if rt.is_main:
-            export_encoder(model, run_dir)
+            export_encoder(core, run_dir)
             print(f"pretraining already finished ({start_epoch} epochs) in {run_dir}")
         runtime.cleanup()
         return run_dir
@@ -173,7 +175,7 @@ def main(argv: list[str] | None = None) -> Path:
     def save(epoch: int, batch_in_epoch: int, generator: torch.Generator) -> None:
         if rt.is_main:
             checkpoint.save(checkpoint.make(
-                getattr(model, "module", model), optimizer, scheduler, epoch, scheduler.last_epoch, None,
+                core, optimizer, scheduler, epoch, scheduler.last_epoch, None,
                 config_to_dict(cfg), cfg.arch,
                 extra={"batch_in_epoch": batch_in_epoch, "aug_generator": generator.get_state()}), last)
 
@@ -194,7 +196,7 @@ def main(argv: list[str] | None = None) -> Path:
         knn_due = cfg.knn_every and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs)
         if knn_due and rt.is_main and len(monitor_query) and len(monitor_bank):
             record.update(evaluate.knn_monitor(
-                getattr(model, "module", model).backbone, monitor_bank.images, monitor_bank.labels,
+                core.backbone, monitor_bank.images, monitor_bank.labels,
                 monitor_query.images, monitor_query.labels, len(images.classes), cfg.image_size, rt,
                 cfg.knn_k, cfg.knn_t))
         log.log(record, step=epoch + 1)
@@ -203,8 +205,8 @@ def main(argv: list[str] | None = None) -> Path:
 
     # ---------------------------------------------------------------- save
     if rt.is_main:
-        export_encoder(model, run_dir)
-        log_embeddings(model, monitor_query, cfg, rt, log)
+        export_encoder(core, run_dir)
+        log_embeddings(core, monitor_query, cfg, rt, log)
         print(f"encoder: {run_dir / 'encoder.pt'}  (tensorboard --logdir {run_dir})")
     log.close()
     runtime.cleanup()
