@@ -20,15 +20,22 @@ def _env(tmp_path):
     return {**os.environ, "SIMCLR_AD_NO_REEXEC": "1", "SIMCLR_AD_CACHE": str(tmp_path / "cache")}
 
 
-def _kill_and_resume(command: list[str], watch, tmp_path, kills: int = 3) -> None:
-    """Start ``command``; SIGKILL it soon after ``watch`` changes; resume; repeat; then finish."""
+def _clean_and_killed(stage_args: list[str], watch: str, tmp_path, kills: int = 3):
+    """Run a stage once cleanly and once under repeated SIGKILL + resume; return both run dirs.
+
+    Each kill lands soon after ``watch`` (a checkpoint inside the run dir) changes.
+    """
+    base = [sys.executable, "-m", *stage_args, "--config", TINY, "--deterministic", "--num-threads", "1"]
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    subprocess.run(base + ["--out", str(clean)], cwd=ROOT, env=_env(tmp_path), check=True, capture_output=True)
+    command, watched = base + ["--out", str(killed)], killed / watch
     for attempt in range(kills):
-        before = watch.stat().st_mtime_ns if watch.exists() else 0
+        before = watched.stat().st_mtime_ns if watched.exists() else 0
         proc = subprocess.Popen(command, cwd=ROOT, env=_env(tmp_path), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
-            if watch.exists() and watch.stat().st_mtime_ns != before:
+            if watched.exists() and watched.stat().st_mtime_ns != before:
                 time.sleep(0.3 * (attempt + 1))  # land somewhere after the save, mid-step
                 break
             time.sleep(0.05)
@@ -36,26 +43,19 @@ def _kill_and_resume(command: list[str], watch, tmp_path, kills: int = 3) -> Non
         proc.wait()
     finished = subprocess.run(command, cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-2000:]
+    return clean, killed
 
 
 def test_pretrain_killed_and_resumed_equals_clean_run(tmp_path):
-    base = [sys.executable, "-m", "simclr_ad.pretrain", "--config", TINY, "--deterministic", "--epochs", "3",
-            "--checkpoint-every-steps", "2", "--knn-every", "0", "--num-threads", "1"]
-    clean = tmp_path / "clean"
-    subprocess.run(base + ["--out", str(clean)], cwd=ROOT, env=_env(tmp_path), check=True, capture_output=True)
-    killed = tmp_path / "killed"
-    _kill_and_resume(base + ["--out", str(killed)], killed / "checkpoints" / "last.pt", tmp_path)
+    clean, killed = _clean_and_killed(["simclr_ad.pretrain", "--epochs", "3", "--checkpoint-every-steps", "2",
+                                       "--knn-every", "0"], "checkpoints/last.pt", tmp_path)
     a, b = checkpoint.load(clean / "encoder.pt"), checkpoint.load(killed / "encoder.pt")
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed encoder differs from the uninterrupted run"
 
 
 def test_finetune_killed_and_resumed_equals_clean_run(tmp_path):
-    base = [sys.executable, "-m", "simclr_ad.finetune", "--config", TINY, "--deterministic", "--epochs", "5",
-            "--init", "random", "--num-threads", "1", "--label-frac", "0.5"]
-    clean = tmp_path / "clean"
-    subprocess.run(base + ["--out", str(clean)], cwd=ROOT, env=_env(tmp_path), check=True, capture_output=True)
-    killed = tmp_path / "killed"
-    _kill_and_resume(base + ["--out", str(killed)], killed / "last.pt", tmp_path)
+    clean, killed = _clean_and_killed(["simclr_ad.finetune", "--epochs", "5", "--init", "random",
+                                       "--label-frac", "0.5"], "last.pt", tmp_path)
     a, b = checkpoint.load(clean / "best.pt")["model"], checkpoint.load(killed / "best.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (clean / "metrics.json").read_text().split('"wall_s"')[0] == (killed / "metrics.json").read_text().split('"wall_s"')[0]
