@@ -671,7 +671,7 @@ def write_run_md(stages_tsv: Path, out: Path) -> None:
     import platform
 
     rows = [line.split("\t", 4) for line in stages_tsv.read_text().splitlines() if line.strip()]
-    total = sum(int(r[2]) for r in rows if len(r) == 5)
+    total = sum(int(r[2]) for r in rows if len(r) == 5 and r[2].isdigit())
     lines = ["# How these results were made", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}, "
              f"Python {platform.python_version()}, torch {torch.__version__}. No GPU.", "",
@@ -680,7 +680,8 @@ def write_run_md(stages_tsv: Path, out: Path) -> None:
     for row in rows:
         if len(row) == 5:
             name, status, seconds, sha, command = row
-            lines.append(f"| {name} | {status} | {int(seconds) / 60:.1f} min | {sha} | `{command}` |")
+            took = f"{int(seconds) / 60:.1f} min" if seconds.isdigit() else seconds  # e.g. a stage still running
+            lines.append(f"| {name} | {status} | {took} | {sha} | `{command}` |")
     atomic_write_text(out, "\n".join(lines) + "\n")
 
 
