@@ -692,7 +692,7 @@ def main(argv: list[str] | None = None) -> Path:
     # ---------------------------------------------------------------- arguments
     parser = argparse.ArgumentParser(prog="python -m simclr_ad.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", action="append", required=True, metavar="DIR", help="dir of fine-tune runs")
+    parser.add_argument("--runs", action="append", default=[], metavar="DIR", help="dir of fine-tune runs")
     parser.add_argument("--out", required=True, metavar="REPORT_DIR")
     parser.add_argument("--gradcam-per-class", type=int, default=2, metavar="N", help="test images per class")
     parser.add_argument("--no-gradcam", action="store_true", help="skip the Grad-CAM study (fast)")
@@ -710,18 +710,27 @@ def main(argv: list[str] | None = None) -> Path:
     if args.num_threads > 0:
         torch.set_num_threads(args.num_threads)
 
+    out = Path(args.out)
+    if args.stages:
+        write_run_md(Path(args.stages), out / "RUN.md")
+    if not args.runs and args.pretrain:  # pretraining only: its curve and logs
+        curve = pretrain_curve(Path(args.pretrain), out / "pretrain")
+        if curve is None:
+            raise ReportError(f"no metrics.jsonl in pretrain run {args.pretrain}")
+        atomic_write_bytes(out / "pretrain_curve.png", curve)
+        print(f"pretraining curve: {out / 'pretrain_curve.png'}")
+        return out
+
     # ---------------------------------------------------------------- runs and statistics
+    if not args.runs:
+        raise ReportError("give --runs DIR (fine-tune runs) and/or --pretrain RUN_DIR")
     runs = find_runs(args.runs)
     if not runs:
         raise ReportError(f"no fine-tune runs (dirs with a finetune config.yaml) under {', '.join(args.runs)}")
     rows = summarise(runs)
-    out = Path(args.out)
     write_summary_csv(rows, out / "summary.csv")
-
     if args.copy_runs:
         copy_run_records(runs, args.runs, out / "runs")
-    if args.stages:
-        write_run_md(Path(args.stages), out / "RUN.md")
 
     # ---------------------------------------------------------------- figures
     figures = {"label_efficiency.png": png_bytes(plots.label_efficiency_figure(rows))}

@@ -212,3 +212,13 @@ def test_run_records_pretrain_curve_and_run_md(runs, tmp_path):
     run_md = (out / "RUN.md").read_text()
     assert "| pretrain | done | 60.0 min | abc1234 | `python -m simclr_ad.pretrain --config configs/cpu.yaml` |" in run_md
     assert "Total wall time of the logged sittings: 1.02 h" in run_md
+
+
+def test_pretrain_only_report(tmp_path):
+    pre = tmp_path / "pre"
+    pre.mkdir()
+    (pre / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "loss": 5.0}) + "\n")
+    out = report.main(["--pretrain", str(pre), "--out", str(tmp_path / "rep")])
+    assert (out / "pretrain_curve.png").is_file() and (out / "pretrain" / "metrics.jsonl").is_file()
+    with pytest.raises(report.ReportError, match="give --runs"):
+        report.main(["--out", str(tmp_path / "rep2")])
