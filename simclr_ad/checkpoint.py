@@ -6,6 +6,7 @@ previous file intact: we write a temp file, fsync it, then ``os.replace`` it.
 """
 from __future__ import annotations
 
+import functools
 import io
 import os
 import pickle
@@ -102,8 +103,13 @@ def state_dict_of(obj: dict[str, Any]) -> dict[str, torch.Tensor]:
     raise CheckpointError("file is neither a simclr_ad checkpoint nor a state_dict of tensors")
 
 
+@functools.lru_cache(maxsize=1)
 def git_sha() -> Optional[str]:
-    """The SHA of the checkout this package runs from, '+dirty' if modified; None outside git."""
+    """The SHA of the checkout this package runs from, '+dirty' if modified; None outside git.
+
+    Cached: the first call (stages make it at start-up) speaks for the whole process, so
+    editing the tree while a long run goes on does not relabel its later checkpoints.
+    """
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,

@@ -95,6 +95,7 @@ def run(cfg: FinetuneConfig, images: data.ImageSet | None = None) -> Path:
     """One fine-tune run; returns its run dir (metrics.json marks it complete)."""
     # ---------------------------------------------------------------- config
     started = time.time()
+    checkpoint.git_sha()  # record the code version as it is now, at the start
     rt = runtime.setup(cfg, distributed=False)  # one run = one process; sweeps spread runs over ranks
     run_dir = checkpoint.prepare_run_dir(cfg.out or f"runs/finetune-{cfg.init}-{cfg.mode}-f{cfg.label_frac}-s{cfg.seed}")
     if (run_dir / "metrics.json").is_file():  # the test split was already evaluated: never again

@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> Path:
     # ---------------------------------------------------------------- config
     cfg = parse_config(PretrainConfig, "pretrain", argv, __doc__)
     rt = runtime.setup(cfg)
+    checkpoint.git_sha()  # record the code version as it is now, at the start
     run_dir = checkpoint.prepare_run_dir(cfg.out or f"runs/pretrain-{cfg.arch}-{cfg.image_size}")
     if rt.is_main:
         write_config(cfg, run_dir / "config.yaml")
