@@ -40,13 +40,16 @@ done
 stage pretrain python -m simclr_ad.pretrain --config "$CONFIG" --data-dir "$DATA" \
   --splits "$RUNS/subject_split/splits.json" --pretrain-on all --out "$RUNS/pretrain"
 
-for protocol in subject_split image_split; do
-  common=(--config "$CONFIG" --data-dir "$DATA" --splits "$RUNS/$protocol/splits.json" --sweep
-          --encoder "$RUNS/pretrain/encoder.pt" --seeds $SEEDS --out "$RUNS/$protocol/finetune")
-  stage "finetune-$protocol" python -m simclr_ad.finetune "${common[@]}" --inits simclr random \
-    --fractions 0.01 0.1 0.2 0.5 1.0
-  stage "linear-$protocol" python -m simclr_ad.finetune "${common[@]}" --inits simclr --modes linear \
-    --fractions 0.1 1.0
+# Seeds outermost, so a run cut short still has every protocol, arm and fraction for the first seeds.
+for seed in $SEEDS; do
+  for protocol in subject_split image_split; do
+    common=(--config "$CONFIG" --data-dir "$DATA" --splits "$RUNS/$protocol/splits.json" --sweep
+            --encoder "$RUNS/pretrain/encoder.pt" --seeds "$seed" --out "$RUNS/$protocol/finetune")
+    stage "finetune-$protocol-seed$seed" python -m simclr_ad.finetune "${common[@]}" --inits simclr random \
+      --fractions 0.01 0.1 0.2 0.5 1.0
+    stage "linear-$protocol-seed$seed" python -m simclr_ad.finetune "${common[@]}" --inits simclr --modes linear \
+      --fractions 0.1 1.0
+  done
 done
 
 for protocol in subject_split image_split; do
