@@ -121,7 +121,7 @@ def _reference(args, pil_images):
 
 def _ours(args, cache: torch.Tensor):
     cfg = PretrainConfig(arch=args.arch, optimizer=args.optimizer, image_size=args.image_size,
-                         batch_size=args.batch_size, progress=False)
+                         batch_size=args.batch_size, small_map_gemm=args.small_map_gemm, progress=False)
     rt = runtime.setup(cfg)
     torch.manual_seed(0)
     backbone, dim = build_backbone(args.arch)
@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--optimizer", default="sam", choices=["sgd", "sam"])
     parser.add_argument("--ref-workers", type=int, default=2, help="DataLoader workers of the reference loop")
+    parser.add_argument("--no-small-map-gemm", dest="small_map_gemm", action="store_false",
+                        help="ours without simclr_ad.smallconv (for the ablation)")
     parser.add_argument("--data-dir", default=None, help="images to use (default: synthetic phantoms)")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     parser.add_argument("--quick", action="store_true", help="ResNet18 at 64 px, few steps: under 3 minutes")
@@ -209,6 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
     b = args.batch_size
     result = {
         "arch": args.arch, "image_size": args.image_size, "batch_size": b, "optimizer": args.optimizer,
+        "small_map_gemm": args.small_map_gemm,
         "reference_img_per_s": b / median["reference"]["full"], "ours_img_per_s": b / median["ours"]["full"],
         "speedup": median["reference"]["full"] / median["ours"]["full"],
         "reference_net_img_per_s": b / median["reference"]["net"], "ours_net_img_per_s": b / median["ours"]["net"],
