@@ -9,7 +9,9 @@ Both loops run in one process, interleaved in rounds, so machine noise hits both
   ours       the real simclr_ad.pretrain step and data path: batched augmentation of the
              uint8 cache, bf16 autocast, channels_last, SGD or SAM.
 It also measures the machine's practical peak (a large GEMM in our training dtype) and
-our achieved training FLOP/s from torch.utils.flop_counter, giving the MFU.
+our achieved training FLOP/s from torch.utils.flop_counter, giving the MFU. Peak RSS is
+measured per loop in a fresh child process that runs only that loop (DataLoader workers
+not included), since memory one loop frees stays mapped and would be charged to the other.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import argparse
 import json
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -32,13 +36,6 @@ from simclr_ad.models import SimCLRModel, build_backbone
 from simclr_ad.pretrain import build_optimizer, simclr_step
 
 
-def _reset_peak_rss() -> None:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # Linux: reset VmHWM
-    except OSError:
-        pass
-
-
 def _peak_rss_mb() -> float:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -49,6 +46,19 @@ def _peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _peak_rss_alone(argv: list[str], loop: str) -> float:
+    """Peak RSS of a fresh process that runs only ``loop`` (warm-up plus two steps).
+
+    Measured apart because, in the shared process, memory one loop freed stays mapped
+    (see runtime.MALLOC_TUNABLES) and would be counted against the other.
+    """
+    proc = subprocess.run([sys.executable, "-m", "simclr_ad.bench", *argv, "--rss-only", loop],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench --rss-only {loop} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_mb"]
 
 
 def gemm_peak_gflops(dtype: torch.dtype | None, n: int = 2048, repeats: int = 8) -> float:
@@ -184,24 +194,31 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data-dir", default=None, help="images to use (default: synthetic phantoms)")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     parser.add_argument("--quick", action="store_true", help="ResNet18 at 64 px, few steps: under 3 minutes")
+    parser.add_argument("--rss-only", choices=["reference", "ours"], default=None,
+                        help=argparse.SUPPRESS)  # internal: the peak-RSS child process
     args = parser.parse_args(argv)
     if args.quick:
         args.arch, args.image_size, args.steps, args.warmup = "resnet18", 64, 6, 1
 
     cache = _load_images(args)
     pil_images = [Image.fromarray(img[0].numpy(), "L").convert("RGB") for img in cache[:4 * args.batch_size]]
+    if args.rss_only:
+        loop = _reference(args, pil_images) if args.rss_only == "reference" else _ours(args, cache)
+        _step_seconds(loop["full"], args.warmup + 2)
+        result = {"peak_rss_mb": _peak_rss_mb()}
+        print(json.dumps(result))
+        return result
     loops = {"reference": _reference(args, pil_images), "ours": _ours(args, cache)}
     timings = {name: {"full": [], "net": [], "aug": []} for name in loops}
-    peak_rss = {}
     per_round = max(1, args.steps // args.rounds)
     for name, loop in loops.items():  # warm-up: allocator, oneDNN kernels, DataLoader workers
         _step_seconds(loop["full"], args.warmup)
     for _ in range(args.rounds):
         for name, loop in loops.items():
-            _reset_peak_rss()
             for kind in ("full", "net", "aug"):
                 timings[name][kind] += _step_seconds(loop[kind], per_round)
-            peak_rss[name] = max(peak_rss.get(name, 0.0), _peak_rss_mb())
+    child_argv = list(sys.argv[1:] if argv is None else argv)
+    peak_rss = {name: _peak_rss_alone(child_argv, name) for name in loops}
 
     ours = loops["ours"]
     rt = ours["rt"]

@@ -1,22 +1,27 @@
-"""Convolutions on tiny feature maps as one matrix product (a CPU speed fix).
+"""Convolutions on small feature maps as plain matrix products (a CPU speed fix).
 
-At 64 px, ResNet18's layer4 sees 2x2 maps. oneDNN runs a 3x3 convolution there at a
-small fraction of the machine's GEMM speed, and its backward pass at less than half of
-that: measured on 2 cores in bf16, the four 3x3 convolutions of layer4 took ~35 % of a
-whole training step. On an HxW map, a convolution is a linear map from the H*W*C input
-values to the P*O output values (P output positions), so it can run as a single GEMM with
-a (P*O) x (H*W*C) matrix assembled from the kernel taps:
+At 64 px, ResNet18's layer4 sees 2x2 maps and layer3 4x4 maps. oneDNN runs 3x3
+convolutions there far below the machine's GEMM speed, its backward pass especially:
+measured on 2 cores in bf16, layer4's 3x3 convolutions took ~35 % of a whole training step.
+``SmallMapConv2d`` is an ``nn.Conv2d`` (same parameters, same state_dict) that runs such
+convolutions as one GEMM, in one of two ways, and leaves every other one to oneDNN:
 
-    big[p, o, q, c] = sum_t S[t, p, q] * weight[o, c, t]
+dense  (output positions x input positions <= 64, e.g. 2x2 -> 2x2 or 4x4 -> 2x2). On an HxW
+       map a convolution is a linear map from the H*W*C inputs to the P*O outputs, i.e. one
+       (P*O) x (H*W*C) matrix assembled from the kernel taps,
 
-where S[t, p, q] = 1 when kernel tap t connects output position p to input position q
-(zero padding simply has no tap). Autograd differentiates through both products, so the
-weight gradient comes for free. The matrix grows with P*Q, so this pays only on tiny maps;
-larger maps keep the ordinary convolution (measured: 3.9x faster fwd+bwd for 512->512 on 2x2,
-2x for the stride-2 4x4->2x2 conv, but 4.5x slower for a 4x4->4x4 conv).
+           big[p, o, q, c] = sum_t S[t, p, q] * weight[o, c, t],
 
-``SmallMapConv2d`` is an ``nn.Conv2d`` with the same parameters and state_dict, which takes
-the GEMM path only for inputs where it pays; ``convert(model)`` swaps it in place.
+       where S[t, p, q] = 1 when tap t joins output position p to input position q (zero
+       padding has no tap). Fewer FLOPs than the convolution itself on 2x2 maps (4 of the 9
+       taps ever touch an input).
+im2col (up to 4x4 outputs). The input's kernel-sized patches side by side, times the
+       weight as an O x (kh*kw*C) matrix: exactly the convolution's FLOPs, at GEMM speed.
+
+Autograd differentiates through both, so no backward is written by hand. Measured fwd+bwd
+in bf16 on 2 cores: 512->512 on 2x2 3.9x faster (dense), stride-2 4x4->2x2 2x (dense),
+512->512 on 4x4 2.4x and 256->256 on 4x4 1.4x (im2col); 8x8 maps gained nothing.
+``convert(model)`` swaps the class of every plain ``nn.Conv2d`` in place.
 """
 from __future__ import annotations
 
@@ -25,7 +30,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
-MAX_POSITION_PAIRS = 64  # output positions x input positions; 2x2->2x2 is 16, 4x4->2x2 is 64
+MAX_POSITION_PAIRS = 64  # dense: output x input positions; 2x2->2x2 is 16, 4x4->2x2 is 64
+MAX_IM2COL_OUTPUTS = 16  # im2col: output positions, up to 4x4 (8x8->8x8 measured no faster)
 
 
 @functools.lru_cache(maxsize=64)
@@ -48,31 +54,52 @@ def tap_matrix(h: int, w: int, kernel: tuple[int, int], stride: tuple[int, int],
 class SmallMapConv2d(torch.nn.Conv2d):
     """``nn.Conv2d`` that runs as one GEMM on maps small enough for that to pay (see module doc)."""
 
-    def uses_gemm(self, x: torch.Tensor) -> bool:
+    def gemm_path(self, x: torch.Tensor) -> str | None:
+        """"dense", "im2col", or None for the ordinary convolution."""
         kh, kw = self.kernel_size
         if (x.device.type != "cpu" or x.dim() != 4 or self.groups != 1 or self.dilation != (1, 1)
                 or self.padding_mode != "zeros" or isinstance(self.padding, str) or kh * kw == 1):
-            return False
+            return None
         h, w = x.shape[-2:]
-        ho = (h + 2 * self.padding[0] - kh) // self.stride[0] + 1
-        wo = (w + 2 * self.padding[1] - kw) // self.stride[1] + 1
-        return ho > 0 and wo > 0 and ho * wo * h * w <= MAX_POSITION_PAIRS
+        ho, wo = self._out_size(h, w)
+        if ho <= 0 or wo <= 0:
+            return None
+        if ho * wo * h * w <= MAX_POSITION_PAIRS:
+            return "dense"
+        return "im2col" if ho * wo <= MAX_IM2COL_OUTPUTS else None
+
+    def _out_size(self, h: int, w: int) -> tuple[int, int]:
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.uses_gemm(x):
+        path = self.gemm_path(x)
+        if path is None:
             return super().forward(x)
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
         n, c, h, w = x.shape
         o = self.out_channels
-        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-        taps = tap_matrix(h, w, self.kernel_size, self.stride, self.padding).to(dtype)
-        t, p, q = taps.shape
-        weight = self.weight.to(dtype=dtype, memory_format=torch.contiguous_format)
-        big = (weight.reshape(o * c, t) @ taps.reshape(t, p * q)).view(o, c, p, q)
-        big = big.permute(2, 0, 3, 1).reshape(p * o, q * c)  # rows (p, o), columns (q, c)
-        bias = None if self.bias is None else self.bias.to(dtype).repeat(p)
-        out = F.linear(x.to(dtype).permute(0, 2, 3, 1).reshape(n, q * c), big, bias)
-        ho = (h + 2 * self.padding[0] - self.kernel_size[0]) // self.stride[0] + 1
-        return out.view(n, ho, p // ho, o).permute(0, 3, 1, 2)  # NCHW view of channels_last memory
+        ho, wo = self._out_size(h, w)
+        weight = self.weight.to(dtype=dtype, memory_format=torch.contiguous_format)  # [O, C, kh, kw]
+        x_nhwc = x.to(dtype).permute(0, 2, 3, 1)  # a view when x is channels_last
+        if path == "dense":  # rows (p, o), columns (q, c)
+            taps = tap_matrix(h, w, self.kernel_size, self.stride, self.padding).to(dtype)
+            t, p, q = taps.shape
+            big = (weight.reshape(o * c, t) @ taps.reshape(t, p * q)).view(o, c, p, q)
+            matrix = big.permute(2, 0, 3, 1).reshape(p * o, q * c)
+            rows = x_nhwc.reshape(n, q * c)
+        else:  # im2col: rows (n, p), columns (tap, c)
+            (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+            padded = F.pad(x_nhwc, (0, 0, pw, pw, ph, ph))
+            cols = [padded[:, ky:ky + (ho - 1) * sh + 1:sh, kx:kx + (wo - 1) * sw + 1:sw]
+                    for ky in range(kh) for kx in range(kw)]
+            rows = torch.stack(cols, 3).reshape(n * ho * wo, kh * kw * c)
+            matrix = weight.permute(0, 2, 3, 1).reshape(o, kh * kw * c)
+        bias = None if self.bias is None else self.bias.to(dtype)
+        if bias is not None and path == "dense":
+            bias = bias.repeat(ho * wo)
+        out = F.linear(rows, matrix, bias)
+        return out.view(n, ho, wo, o).permute(0, 3, 1, 2)  # NCHW view of channels_last memory
 
 
 def convert(model: torch.nn.Module) -> int:

@@ -28,14 +28,15 @@ def _conv(cin, cout, stride, bias):
     return conv, smallconv.convert(torch.nn.Sequential(conv))
 
 
-@pytest.mark.parametrize("h,w,stride,bias", [(2, 2, 1, False), (4, 4, 2, True), (1, 1, 1, True),
-                                             (2, 3, 1, True), (3, 2, 2, False)])
-def test_gemm_path_equals_conv2d_with_gradients(h, w, stride, bias):
+@pytest.mark.parametrize("h,w,stride,bias,path", [
+    (2, 2, 1, False, "dense"), (4, 4, 2, True, "dense"), (1, 1, 1, True, "dense"), (2, 3, 1, True, "dense"),
+    (4, 4, 1, True, "im2col"), (8, 8, 2, False, "im2col"), (3, 5, 1, False, "im2col"), (7, 6, 2, True, "im2col")])
+def test_gemm_paths_equal_conv2d_with_gradients(h, w, stride, bias, path):
     conv, count = _conv(5, 7, stride, bias)
     assert count == 1 and isinstance(conv, SmallMapConv2d)
     x = torch.randn(3, 5, h, w, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     conv = conv.double()
-    assert conv.uses_gemm(x)
+    assert conv.gemm_path(x) == path
     x.requires_grad_(True)
     out = conv(x)
     expected = F.conv2d(x, conv.weight, conv.bias, stride=stride, padding=1)
@@ -48,10 +49,10 @@ def test_gemm_path_equals_conv2d_with_gradients(h, w, stride, bias):
 
 def test_larger_maps_and_1x1_keep_the_ordinary_convolution():
     conv, _ = _conv(4, 4, 1, False)
-    assert not conv.uses_gemm(torch.zeros(1, 4, 4, 4))  # 16 x 16 position pairs: the GEMM would not pay
+    assert conv.gemm_path(torch.zeros(1, 4, 8, 8)) is None  # 64 outputs: oneDNN is as fast
     pointwise = torch.nn.Conv2d(4, 4, 1)
     smallconv.convert(torch.nn.Sequential(pointwise))
-    assert not pointwise.uses_gemm(torch.zeros(1, 4, 2, 2))
+    assert pointwise.gemm_path(torch.zeros(1, 4, 2, 2)) is None
 
 
 def test_resnet18_at_64px_in_bf16_matches_and_keeps_its_state_dict():
