@@ -15,12 +15,15 @@ dense  (output positions x input positions <= 64, e.g. 2x2 -> 2x2 or 4x4 -> 2x2)
        where S[t, p, q] = 1 when tap t joins output position p to input position q (zero
        padding has no tap). Fewer FLOPs than the convolution itself on 2x2 maps (4 of the 9
        taps ever touch an input).
-im2col (up to 4x4 outputs). The input's kernel-sized patches side by side, times the
-       weight as an O x (kh*kw*C) matrix: exactly the convolution's FLOPs, at GEMM speed.
+im2col (up to 4x4 outputs, and every strided 1x1 convolution). The input's kernel-sized
+       patches side by side, times the weight as an O x (kh*kw*C) matrix: exactly the
+       convolution's FLOPs, at GEMM speed. For a 1x1 kernel the patches are just the
+       (strided) pixels, so ResNet's downsampling shortcuts become one plain GEMM.
 
 Autograd differentiates through both, so no backward is written by hand. Measured fwd+bwd
 in bf16 on 2 cores: 512->512 on 2x2 3.9x faster (dense), stride-2 4x4->2x2 2x (dense),
-512->512 on 4x4 2.4x and 256->256 on 4x4 1.4x (im2col); 8x8 maps gained nothing.
+512->512 on 4x4 2.4x and 256->256 on 4x4 1.4x (im2col); 1x1 stride 2 from 8x8, 1024->2048,
+3.7x; 1x1 on 4x4 1.8-2x; 3x3 on 8x8 and 1x1 stride 1 on 8x8 gained nothing, so they stay.
 ``convert(model)`` swaps the class of every plain ``nn.Conv2d`` in place.
 """
 from __future__ import annotations
@@ -58,12 +61,14 @@ class SmallMapConv2d(torch.nn.Conv2d):
         """"dense", "im2col", or None for the ordinary convolution."""
         kh, kw = self.kernel_size
         if (x.device.type != "cpu" or x.dim() != 4 or self.groups != 1 or self.dilation != (1, 1)
-                or self.padding_mode != "zeros" or isinstance(self.padding, str) or kh * kw == 1):
+                or self.padding_mode != "zeros" or isinstance(self.padding, str)):
             return None
         h, w = x.shape[-2:]
         ho, wo = self._out_size(h, w)
         if ho <= 0 or wo <= 0:
             return None
+        if kh * kw == 1:  # pointwise: a GEMM over (strided) pixels
+            return "im2col" if self.stride != (1, 1) or ho * wo <= MAX_IM2COL_OUTPUTS else None
         if ho * wo * h * w <= MAX_POSITION_PAIRS:
             return "dense"
         return "im2col" if ho * wo <= MAX_IM2COL_OUTPUTS else None
@@ -93,7 +98,7 @@ class SmallMapConv2d(torch.nn.Conv2d):
             padded = F.pad(x_nhwc, (0, 0, pw, pw, ph, ph))
             cols = [padded[:, ky:ky + (ho - 1) * sh + 1:sh, kx:kx + (wo - 1) * sw + 1:sw]
                     for ky in range(kh) for kx in range(kw)]
-            rows = torch.stack(cols, 3).reshape(n * ho * wo, kh * kw * c)
+            rows = (torch.stack(cols, 3) if len(cols) > 1 else cols[0]).reshape(n * ho * wo, kh * kw * c)
             matrix = weight.permute(0, 2, 3, 1).reshape(o, kh * kw * c)
         bias = None if self.bias is None else self.bias.to(dtype)
         if bias is not None and path == "dense":
