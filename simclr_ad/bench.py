@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -29,7 +30,7 @@ import torchvision
 from lightly.transforms import SimCLRTransform
 from PIL import Image
 
-from simclr_ad import augment, losses, optim, runtime
+from simclr_ad import augment, checkpoint, losses, optim, runtime
 from simclr_ad.config import PretrainConfig
 from simclr_ad.errors import friendly_errors
 from simclr_ad.models import SimCLRModel, build_backbone
@@ -241,6 +242,8 @@ def main(argv: list[str] | None = None) -> dict:
         "mfu": flops / median["ours"]["full"] / 1e9 / peak,
         "step_gflop": flops / 1e9, "steps_timed": per_round * args.rounds, "threads": torch.get_num_threads(),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "command": shlex.join(["python", "-m", "simclr_ad.bench", *child_argv]),
+        "git_sha": checkpoint.git_sha(), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
     }
     print(json.dumps(result, indent=2))
     if args.json:
