@@ -11,3 +11,4 @@ python -m simclr_ad.bench --arch resnet50 --image-size 128 --batch-size 64 --ste
   --json "$OUT/resnet50_128_sam.json"
 python -m simclr_ad.bench --arch resnet50 --image-size 128 --batch-size 64 --steps 4 --warmup 1 --optimizer sgd \
   --json "$OUT/resnet50_128_sgd.json"
+python -m simclr_ad.bench --summarize "$OUT"

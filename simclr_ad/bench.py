@@ -30,9 +30,9 @@ import torchvision
 from lightly.transforms import SimCLRTransform
 from PIL import Image
 
-from simclr_ad import augment, checkpoint, losses, optim, runtime
+from simclr_ad import augment, checkpoint, losses, runtime
 from simclr_ad.config import PretrainConfig
-from simclr_ad.errors import friendly_errors
+from simclr_ad.errors import UserError, friendly_errors
 from simclr_ad.models import SimCLRModel, build_backbone
 from simclr_ad.pretrain import build_optimizer, simclr_step
 
@@ -178,6 +178,36 @@ def _load_images(args) -> torch.Tensor:
     return data.load_dataset(cfg).images
 
 
+TARGETS = {"resnet18": 2.5, "resnet50": 3.5}  # the performance issue's speedup targets
+
+
+def summary_markdown(results: list[dict]) -> str:
+    """A README for a folder of bench JSONs: the table, the commands, the machine and the dates."""
+    lines = ["# Benchmark: our SimCLR step vs the lightly-example loop", "",
+             "Written by `python -m simclr_ad.bench --summarize results/bench` from the JSON files here",
+             "(made by `bash scripts/bench.sh`). img/s counts images with two views, forward and backward,",
+             "both SAM passes included; median of the timed steps after warm-up, so expect 10-20 % noise.",
+             "Peak RSS: a fresh process running only that loop (DataLoader workers not counted).", "",
+             "| model @ input, batch, optimizer | reference img/s | ours img/s | speedup (target) "
+             "| aug views/s (x network) | GEMM peak GFLOP/s | achieved GFLOP/s | MFU (target 0.70) "
+             "| peak RSS MB ours / reference |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(results, key=lambda r: (r["arch"], r["optimizer"])):
+        target = TARGETS.get(r["arch"])
+        mark = "" if target is None else f" ({'met' if r['speedup'] >= target else 'not met'}: {target}x)"
+        lines.append(
+            f"| {r['arch']} @ {r['image_size']}, {r['batch_size']}, {r['optimizer'].upper()} "
+            f"| {r['reference_img_per_s']:.1f} | {r['ours_img_per_s']:.1f} | {r['speedup']:.2f}x{mark} "
+            f"| {r['aug_views_per_s']:.0f} ({r['aug_headroom']:.0f}x) | {r['gemm_peak_gflops']:.0f} "
+            f"| {r['achieved_gflops']:.0f} | {r['mfu']:.2f} "
+            f"| {r['peak_rss_mb']:.0f} / {r['reference_peak_rss_mb']:.0f} |")
+    lines += ["", "Runs:", ""]
+    for r in sorted(results, key=lambda r: (r["arch"], r["optimizer"])):
+        lines.append(f"- `{r.get('command', '?')}`: {r.get('date', '?')}, commit {r.get('git_sha', '?')}, "
+                     f"{r['machine']}, {r['train_dtype']}")
+    return "\n".join(lines) + "\n"
+
+
 @friendly_errors
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m simclr_ad.bench", description=__doc__,
@@ -195,9 +225,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data-dir", default=None, help="images to use (default: synthetic phantoms)")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     parser.add_argument("--quick", action="store_true", help="ResNet18 at 64 px, few steps: under 3 minutes")
+    parser.add_argument("--summarize", metavar="DIR", default=None,
+                        help="write DIR/README.md from the bench JSON files in DIR, then stop")
     parser.add_argument("--rss-only", choices=["reference", "ours"], default=None,
                         help=argparse.SUPPRESS)  # internal: the peak-RSS child process
     args = parser.parse_args(argv)
+    if args.summarize:
+        folder = Path(args.summarize)
+        results = [json.loads(f.read_text()) for f in sorted(folder.glob("*.json"))]
+        if not results:
+            raise UserError(f"no bench JSON files in {folder}")
+        (folder / "README.md").write_text(summary_markdown(results))
+        print(f"wrote {folder / 'README.md'}")
+        return {"written": str(folder / "README.md")}
     if args.quick:
         args.arch, args.image_size, args.steps, args.warmup = "resnet18", 64, 6, 1
 

@@ -17,7 +17,6 @@ import io
 import json
 import os
 import re
-import sys
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field, replace
