@@ -85,11 +85,11 @@ class SmallMapConv2d(torch.nn.Conv2d):
         n, c, h, w = x.shape
         o = self.out_channels
         ho, wo = self._out_size(h, w)
-        weight = self.weight.to(dtype=dtype, memory_format=torch.contiguous_format)  # [O, C, kh, kw]
         x_nhwc = x.to(dtype).permute(0, 2, 3, 1)  # a view when x is channels_last
         if path == "dense":  # rows (p, o), columns (q, c)
             taps = tap_matrix(h, w, self.kernel_size, self.stride, self.padding).to(dtype)
             t, p, q = taps.shape
+            weight = self.weight.to(dtype=dtype, memory_format=torch.contiguous_format)  # [O, C, kh, kw]
             big = (weight.reshape(o * c, t) @ taps.reshape(t, p * q)).view(o, c, p, q)
             matrix = big.permute(2, 0, 3, 1).reshape(p * o, q * c)
             rows = x_nhwc.reshape(n, q * c)
@@ -99,7 +99,8 @@ class SmallMapConv2d(torch.nn.Conv2d):
             cols = [padded[:, ky:ky + (ho - 1) * sh + 1:sh, kx:kx + (wo - 1) * sw + 1:sw]
                     for ky in range(kh) for kx in range(kw)]
             rows = (torch.stack(cols, 3) if len(cols) > 1 else cols[0]).reshape(n * ho * wo, kh * kw * c)
-            matrix = weight.permute(0, 2, 3, 1).reshape(o, kh * kw * c)
+            # [O, kh, kw, C]: a view when the weight is channels_last, as after model.to(channels_last)
+            matrix = self.weight.to(dtype).permute(0, 2, 3, 1).reshape(o, kh * kw * c)
         bias = None if self.bias is None else self.bias.to(dtype)
         if bias is not None and path == "dense":
             bias = bias.repeat(ho * wo)
