@@ -168,8 +168,8 @@ def pretrain_curve_figure(records: Sequence[dict]) -> Figure:
     """SimCLR loss per epoch, and the kNN monitor's balanced accuracy where it was measured."""
     fig = _figure(9, 3.4)
     loss_ax, knn_ax = fig.subplots(1, 2)
-    epochs = [r["epoch"] for r in records]
-    loss_ax.plot(epochs, [r["loss"] for r in records], marker=".")
+    trained = [r for r in records if "loss" in r]  # epoch 0 holds only the kNN of the initialisation
+    loss_ax.plot([r["epoch"] for r in trained], [r["loss"] for r in trained], marker=".")
     loss_ax.set(xlabel="epoch", ylabel="NT-Xent loss", title="pretraining loss")
     knn = [(r["epoch"], r["knn_balanced_accuracy"], r.get("knn_accuracy")) for r in records if "knn_balanced_accuracy" in r]
     if knn:

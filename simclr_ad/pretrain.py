@@ -180,6 +180,16 @@ def main(argv: list[str] | None = None) -> Path:
                 config_to_dict(cfg), cfg.arch,
                 extra={"batch_in_epoch": batch_in_epoch, "aug_generator": generator.get_state()}), last)
 
+    def knn() -> dict:
+        if not (cfg.knn_every and rt.is_main and len(monitor_query) and len(monitor_bank)):
+            return {}
+        return evaluate.knn_monitor(core.backbone, monitor_bank.images, monitor_bank.labels,
+                                    monitor_query.images, monitor_query.labels, len(images.classes),
+                                    cfg.image_size, rt, cfg.knn_k, cfg.knn_t)
+
+    if start_epoch == 0 and start_batch == 0 and (at_init := knn()):
+        log.log({"epoch": 0, **at_init}, step=0)  # the initialisation's kNN: what training must beat
+
     for epoch in range(start_epoch, cfg.epochs):
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 101 + rt.rank)
         if start_batch and ckpt:
@@ -194,12 +204,8 @@ def main(argv: list[str] | None = None) -> Path:
                                 epoch, start_batch, on_step, log)
         start_batch = 0
         record = {"epoch": epoch + 1, **stats, "lr": scheduler.get_last_lr()[0], "n_images": len(pool)}
-        knn_due = cfg.knn_every and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs)
-        if knn_due and rt.is_main and len(monitor_query) and len(monitor_bank):
-            record.update(evaluate.knn_monitor(
-                core.backbone, monitor_bank.images, monitor_bank.labels,
-                monitor_query.images, monitor_query.labels, len(images.classes), cfg.image_size, rt,
-                cfg.knn_k, cfg.knn_t))
+        if cfg.knn_every and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs):
+            record.update(knn())
         log.log(record, step=epoch + 1)
         save(epoch + 1, 0, generator)
         runtime.barrier()
