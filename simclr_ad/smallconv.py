@@ -21,7 +21,7 @@ im2col (up to 4x4 outputs, and every strided 1x1 convolution). The input's kerne
        (strided) pixels, so ResNet's downsampling shortcuts become one plain GEMM.
 
 Autograd differentiates through both, so no backward is written by hand. Measured fwd+bwd
-in bf16 on 2 cores: 512->512 on 2x2 3.9x faster (dense), stride-2 4x4->2x2 2x (dense),
+in bf16 on 2 cores, one layer at a time (one-off probes, rough): 512->512 on 2x2 3.9x faster (dense), stride-2 4x4->2x2 2x (dense),
 512->512 on 4x4 2.4x and 256->256 on 4x4 1.4x (im2col); 1x1 stride 2 from 8x8, 1024->2048,
 3.7x; 1x1 on 4x4 1.8-2x; 3x3 on 8x8 and 1x1 stride 1 on 8x8 gained nothing, so they stay.
 ``convert(model)`` swaps the class of every plain ``nn.Conv2d`` in place.
