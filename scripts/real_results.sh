@@ -15,16 +15,7 @@ SEEDS="${SEEDS:-0 1 2}"
 mkdir -p "$RUNS"
 LOG="$RUNS/stages.tsv"
 
-# stage NAME CMD...: runs CMD unless NAME already finished; logs each sitting's wall time.
-stage() {
-  local name=$1; shift
-  if grep -q "^$name	done	" "$LOG" 2>/dev/null; then return 0; fi
-  local start; start=$(date +%s)
-  echo "== $name: $*"
-  if "$@"; then status=done; else status=failed; fi
-  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$status" "$(( $(date +%s) - start ))" "$(git -C "$ROOT" rev-parse --short HEAD)" "$*" >> "$LOG"
-  [ "$status" = done ]
-}
+source "$ROOT/scripts/stages.sh"
 
 for protocol in subject_split image_split; do
   group=$([ "$protocol" = subject_split ] && echo auto || echo image)

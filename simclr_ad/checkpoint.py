@@ -7,6 +7,7 @@ previous file intact: we write a temp file, fsync it, then ``os.replace`` it.
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import os
 import pickle
@@ -101,6 +102,15 @@ def state_dict_of(obj: dict[str, Any]) -> dict[str, torch.Tensor]:
     if all(isinstance(v, torch.Tensor) for v in obj.values()):
         return obj
     raise CheckpointError("file is neither a simclr_ad checkpoint nor a state_dict of tensors")
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes: which exact encoder (or data file) a run used."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @functools.lru_cache(maxsize=1)

@@ -208,6 +208,7 @@ def run_facts(cfg: FinetuneConfig, split: dict, index: dict, paths: list[str], b
             "val_balanced_accuracy": best["best_metric"], "group_by": split["group_by"], "split_seed": split["seed"],
             "image_size": cfg.image_size, "epochs": cfg.epochs, "data": cfg.data_dir or "synthetic",
             "encoder": cfg.encoder, "pretrain_on": _pretrain_on(cfg), "git_sha": checkpoint.git_sha(),
+            "encoder_sha256": checkpoint.file_sha256(cfg.encoder) if cfg.init == "simclr" and cfg.encoder else None,
             # both arms of a comparison must show the same hash: same label subset
             "train_subset_sha1": hashlib.sha1(train_paths.encode()).hexdigest()}
 

@@ -178,3 +178,16 @@ def pretrain_curve_figure(records: Sequence[dict]) -> Figure:
         knn_ax.legend(loc="lower right")
     knn_ax.set(xlabel="epoch", ylabel="kNN on validation", title="kNN monitor (frozen features)", ylim=(0, 1))
     return fig
+
+
+def knn_curves_figure(curves: Mapping[str, Sequence[tuple[int, float]]]) -> Figure:
+    """kNN monitor balanced accuracy vs epoch, one line per named run (epoch 0: the initialisation)."""
+    fig = _figure(6.5, 3.8)
+    ax = fig.subplots()
+    for name, points in curves.items():
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+    ax.set(xlabel="pretraining epoch", ylabel="kNN balanced accuracy (validation)", title="kNN monitor per variant")
+    if any(curves.values()):
+        ax.legend(fontsize=8)
+    return fig

@@ -48,7 +48,7 @@ METRIC_TITLES = {"balanced_accuracy": "Balanced accuracy", "accuracy": "Accuracy
 PROTOCOL_ORDER = ("subject", "auto", "default", "image")  # grouped protocols first: they are the honest ones
 INIT_ORDER = ("simclr", "imagenet", "random")
 MODE_ORDER = ("finetune", "linear")
-SETTING_KEYS = ("arch", "image_size", "epochs", "task", "data", "pretrain_on")  # must agree within a cell
+SETTING_KEYS = ("arch", "image_size", "epochs", "task", "data", "pretrain_on", "encoder_sha256")  # agree within a cell
 DATA_KEYS = ("data_dir", "synth_n", "synth_seed", "image_size", "cache_dir")
 
 
@@ -653,16 +653,132 @@ def copy_run_records(runs: Sequence[Run], roots: Sequence[str], dest: Path) -> N
                 atomic_write_bytes(dest / prefix / here.relative_to(root) / name, (run.path / name).read_bytes())
 
 
+def copy_pretrain_records(run_dir: Path, dest: Path) -> None:
+    """Copy a pretrain run's config.yaml and metrics.jsonl (never its checkpoints) to ``dest``."""
+    for name in ("config.yaml", "metrics.jsonl"):
+        if (run_dir / name).is_file():
+            atomic_write_bytes(dest / name, (run_dir / name).read_bytes())
+
+
 def pretrain_curve(run_dir: Path, dest: Path) -> bytes | None:
     """Copy a pretrain run's config.yaml/metrics.jsonl to ``dest`` and plot its curve (None if absent)."""
     log = run_dir / "metrics.jsonl"
     if not log.is_file():
         return None
-    for name in ("config.yaml", "metrics.jsonl"):
-        if (run_dir / name).is_file():
-            atomic_write_bytes(dest / name, (run_dir / name).read_bytes())
+    copy_pretrain_records(run_dir, dest)
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     return png_bytes(plots.pretrain_curve_figure(records))
+
+
+# --------------------------------------------------------------------------- ablation
+
+ABLATION_BASE = "base"  # the variant the others are compared with (configs/cpu.yaml unchanged)
+_NOT_A_KNOB = {"out", "format"}
+
+
+@dataclass
+class Variant:
+    """One ablation variant: a pretraining run (absent for a no-pretraining baseline) and its fine-tunes."""
+
+    name: str
+    config: dict[str, Any]
+    curve: list[dict]  # the pretrain run's metrics.jsonl records
+    runs: list[Run]
+
+
+def read_variants(root: Path) -> list[Variant]:
+    """Every ``root/<name>/`` holding ``pretrain/`` and/or ``finetune/``; base first, baselines last."""
+    if not root.is_dir():
+        raise ReportError(f"ablation dir not found: {root}")
+    variants = []
+    for path in sorted(p for p in root.iterdir() if p.is_dir()):
+        log, config = path / "pretrain" / "metrics.jsonl", path / "pretrain" / "config.yaml"
+        curve = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+        runs = find_runs([path / "finetune"]) if (path / "finetune").is_dir() else []
+        if curve or runs:
+            variants.append(Variant(path.name, yaml.safe_load(config.read_text()) if config.is_file() else {},
+                                    curve, runs))
+    if not variants:
+        raise ReportError(f"no variants (dirs with pretrain/ or finetune/) under {root}")
+    return sorted(variants, key=lambda v: (v.name != ABLATION_BASE, not v.curve, v.name))
+
+
+def changed_keys(config: dict[str, Any], base: dict[str, Any]) -> str:
+    """``key=value`` for every config key that differs from ``base`` (run paths aside)."""
+    diff = [f"{k}={config[k]}" for k in sorted(config) if k not in _NOT_A_KNOB and config[k] != base.get(k)]
+    return ", ".join(diff) or "–"
+
+
+def _knn(curve: Sequence[dict]) -> list[tuple[int, float]]:
+    return [(r["epoch"], r["knn_balanced_accuracy"]) for r in curve if "knn_balanced_accuracy" in r]
+
+
+def _mean_ci(values: Sequence[float]) -> str:
+    if not values:
+        return "–"
+    mean, _, ci = mean_std_ci95(values)
+    return f"{100 * mean:.1f}" + (f" ± {100 * ci:.1f}" if ci is not None else " (1 seed)")
+
+
+def ablation_document(variants: Sequence[Variant], root: Path) -> Document:
+    """Pretraining variants side by side: kNN monitor, and fine-tuning selected and reported per fraction."""
+    doc = Document({"ablation_knn.png": b""})
+    base = next((v.config for v in variants if v.name == ABLATION_BASE), variants[0].config)
+    doc.heading(1, "simclr_ad ablation: which pretraining knob moves the number")
+    doc.para(f"Variants under {root}. Each changes the keys shown from the base run. Pretraining: the kNN monitor "
+             "(balanced accuracy of a weighted 20-NN on frozen backbone features, train bank, validation queries; "
+             "epoch 0 is the initialisation). Fine-tuning: mean over seeds, ± 95% CI; 'val' is what a choice may be "
+             "made on, 'test' is reported only.")
+    doc.heading(2, "Pretraining")
+    table = []
+    for v in variants:
+        if not v.curve:
+            continue
+        knn, trained = _knn(v.curve), [r for r in v.curve if "loss" in r]
+        best = max(knn, key=lambda k: k[1]) if knn else None
+        table.append([v.name, changed_keys(v.config, base), trained[-1]["epoch"] if trained else 0,
+                      f"{trained[-1]['loss']:.3f}" if trained else "–",
+                      f"{100 * knn[0][1]:.1f}" if knn else "–", f"{100 * knn[-1][1]:.1f}" if knn else "–",
+                      f"{100 * best[1]:.1f} (epoch {best[0]})" if best else "–",
+                      f"{sum(r.get('epoch_s', 0) for r in trained) / 60:.1f}"])
+    doc.table(["variant", "changed", "epochs", "final loss", "kNN at init", "kNN at end", "kNN best",
+               "train min"], table)
+    doc.figure("ablation_knn.png", "kNN monitor (validation balanced accuracy) per pretraining variant")
+    doc.heading(2, "Fine-tuning")
+    fracs = sorted({r.label_frac for v in variants for r in v.runs if r.complete})
+    header = ["variant", "arm"] + [f"{percent_labels(f)} {part}" for f in fracs
+                                   for part in ("val bal. acc.", "test bal. acc.", "test subject bal. acc.")]
+    table = []
+    for v in variants:
+        complete = [r for r in v.runs if r.complete]
+        if not complete:
+            continue
+        line = [v.name, plots.arm_label(complete[0].init, complete[0].mode)]
+        for frac in fracs:
+            members = [r for r in complete if math.isclose(r.label_frac, frac)]
+            line += [_mean_ci([float(r.metrics["val_balanced_accuracy"]) for r in members]),
+                     _mean_ci([float(r.metrics["balanced_accuracy"]) for r in members]),
+                     _mean_ci([float(r.metrics["subject_balanced_accuracy"]) for r in members
+                               if "subject_balanced_accuracy" in r.metrics])]
+        table.append(line)
+    doc.table(header, table)
+    return doc
+
+
+def write_ablation(root: Path, out: Path) -> Path:
+    """ablation.md + ablation_knn.png in ``out``, and every variant's run records under ``out/<variant>/``."""
+    variants = read_variants(root)
+    for v in variants:
+        if v.curve:
+            copy_pretrain_records(root / v.name / "pretrain", out / v.name / "pretrain")
+        if v.runs:
+            copy_run_records(v.runs, [str(root / v.name / "finetune")], out / v.name / "finetune")
+    doc = ablation_document(variants, root)
+    doc.figures["ablation_knn.png"] = png_bytes(plots.knn_curves_figure({v.name: _knn(v.curve) for v in variants
+                                                                          if v.curve}))
+    atomic_write_bytes(out / "ablation_knn.png", doc.figures["ablation_knn.png"])
+    atomic_write_text(out / "ablation.md", doc.markdown())
+    return out / "ablation.md"
 
 
 def write_run_md(stages_tsv: Path, out: Path) -> None:
@@ -700,6 +816,8 @@ def main(argv: list[str] | None = None) -> Path:
                         help="a pretrain run: its loss/kNN curve goes into the report, its logs into REPORT_DIR")
     parser.add_argument("--copy-runs", action="store_true",
                         help="copy every run's metrics.json, metrics.jsonl and config.yaml into REPORT_DIR/runs/")
+    parser.add_argument("--ablation", default=None, metavar="DIR",
+                        help="pretraining variants DIR/<name>/{pretrain,finetune}: writes ablation.md instead")
     parser.add_argument("--stages", default=None, metavar="TSV",
                         help="stage log of scripts/real_results.sh: written as RUN.md in REPORT_DIR")
     parser.add_argument("--num-threads", type=int, default=0, metavar="N",
@@ -713,6 +831,9 @@ def main(argv: list[str] | None = None) -> Path:
     out = Path(args.out)
     if args.stages:
         write_run_md(Path(args.stages), out / "RUN.md")
+    if args.ablation:
+        print(f"ablation: {write_ablation(Path(args.ablation), out)}")
+        return out
     if not args.runs and args.pretrain:  # pretraining only: its curve and logs
         curve = pretrain_curve(Path(args.pretrain), out / "pretrain")
         if curve is None:

@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import numpy as np
@@ -44,6 +45,12 @@ def test_metrics_have_every_field(arms):
         assert (run_dir / "predictions.csv").read_text().splitlines()[0].startswith("path,group,true,pred,p_")
         for name in ("best.pt", "last.pt", "config.yaml", "metrics.jsonl"):
             assert (run_dir / name).is_file()
+
+
+def test_simclr_runs_name_their_encoder_by_content(arms, encoder):
+    expected = hashlib.sha256(encoder.read_bytes()).hexdigest()
+    assert _metrics(arms["simclr"])["encoder_sha256"] == expected
+    assert _metrics(arms["random"])["encoder_sha256"] is None  # random init uses no encoder
 
 
 def test_arms_see_identical_label_subsets(arms):

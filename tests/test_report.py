@@ -222,3 +222,61 @@ def test_pretrain_only_report(tmp_path):
     assert (out / "pretrain_curve.png").is_file() and (out / "pretrain" / "metrics.jsonl").is_file()
     with pytest.raises(report.ReportError, match="give --runs"):
         report.main(["--out", str(tmp_path / "rep2")])
+
+
+def make_variant(root: Path, name: str, pretrain: dict | None, test_bal: list[float], val_bal: list[float]) -> None:
+    """An ablation variant dir: pretrain/ (config + kNN log) unless pretrain is None, and finetune/ runs."""
+    from simclr_ad.config import PretrainConfig
+
+    if pretrain is not None:
+        (root / name / "pretrain").mkdir(parents=True)
+        write_config(PretrainConfig(arch="resnet18", out=str(root / name / "pretrain"), **pretrain),
+                     root / name / "pretrain" / "config.yaml")
+        log = [{"epoch": 0, "knn_balanced_accuracy": 0.40}] + [
+            {"epoch": e, "loss": 5.0 - e, "epoch_s": 60.0, "knn_balanced_accuracy": 0.40 + 0.05 * e} for e in (1, 2)]
+        (root / name / "pretrain" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    init = "random" if pretrain is None else "simclr"
+    for seed, (bal, val) in enumerate(zip(test_bal, val_bal)):
+        run = make_run(root / name / "finetune", "subject", init, 0.1, seed, bal, subject=True)
+        metrics = json.loads((run / "metrics.json").read_text())
+        (run / "metrics.json").write_text(json.dumps({**metrics, "val_balanced_accuracy": val}))
+
+
+def test_ablation_report_compares_variants_on_val_and_test(tmp_path):
+    root = tmp_path / "investigation"
+    make_variant(root, "random", None, [0.3, 0.3, 0.3], [0.35, 0.35, 0.35])
+    make_variant(root, "temp0.2", {"temperature": 0.2}, [0.5, 0.5, 0.5], [0.45, 0.45, 0.45])
+    make_variant(root, "base", {}, [0.5, 0.6, 0.7], [0.4, 0.5, 0.6])
+    out = tmp_path / "rep"
+    report.main(["--ablation", str(root), "--out", str(out)])
+
+    text = (out / "ablation.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    pretraining = {r.split(" | ")[0][2:]: r for r in rows if r.count("|") == 9}
+    assert "| – | 2 | 3.000 | 40.0 | 50.0 | 50.0 (epoch 2) | 2.0 |" in pretraining["base"]
+    assert "| temperature=0.2 |" in pretraining["temp0.2"]  # the run dir ('out') is no knob
+    finetuning = [r for r in rows if "+finetune" in r]
+    assert [r.split(" | ")[0][2:] for r in finetuning] == ["base", "temp0.2", "random"]  # base first, baseline last
+    ci = T_975_2 * 0.1 / math.sqrt(3) * 100
+    assert finetuning[0].startswith(f"| base | simclr+finetune | 50.0 ± {ci:.1f} | 60.0 ± {ci:.1f} | 62.0 ± {ci:.1f} |")
+    assert "| random | random+finetune | 35.0 ± 0.0 | 30.0 ± 0.0 |" in finetuning[2]
+    assert (out / "ablation_knn.png").stat().st_size > 1000
+    assert (out / "base" / "pretrain" / "metrics.jsonl").is_file()
+    assert (out / "base" / "finetune" / "subject" / "simclr-finetune" / "frac0.1" / "seed2" / "metrics.json").is_file()
+    assert not list(out.rglob("*.pt"))
+
+
+def test_ablation_of_an_empty_dir_is_one_clear_error(tmp_path):
+    (tmp_path / "empty" / "nothing").mkdir(parents=True)
+    with pytest.raises(report.ReportError, match="no variants"):
+        report.main(["--ablation", str(tmp_path / "empty"), "--out", str(tmp_path / "rep")])
+
+
+def test_cell_mixing_encoders_or_archs_is_warned(tmp_path):
+    root = tmp_path / "runs"
+    for seed, sha in enumerate(["aaa", "aaa", "bbb"]):
+        run = make_run(root, "subject", "simclr", 0.1, seed, 0.5)
+        metrics = json.loads((run / "metrics.json").read_text())
+        (run / "metrics.json").write_text(json.dumps({**metrics, "encoder_sha256": sha}))
+    notes = report.consistency_warnings(report.find_runs([root]))
+    assert notes == ["simclr+finetune at 10% labels (subject) mixes encoder_sha256 = aaa, bbb"]
