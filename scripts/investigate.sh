@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Why does SimCLR not beat random init on the real data? (issue: real results)
-# Short pretraining variants (10 epochs each, one knob changed from configs/cpu.yaml), each
+# Short pretraining variants (10 epochs each, one knob changed from configs/cpu.yaml; subject_pos
+# takes positives from other slices of the same label-free inferred subject, as MICLe does), each
 # judged two ways on the subject split: the kNN monitor during pretraining, and fine-tuning at
 # 1 % and 10 % labels over 3 seeds against the shared random-init arm. Variants are picked on
 # validation balanced accuracy; test numbers are reported, never used to choose.
@@ -21,12 +22,13 @@ source "$ROOT/scripts/stages.sh"
 declare -A VARIANTS=(
   [base]=""
   [sgd]="--optimizer sgd"
+  [subject_pos]="--positives subject"
   [temp0.2]="--temperature 0.2"
   [seed_aug]="--aug-crop-scale-min 0.5 --aug-flip-prob 0 --aug-rotate-deg 0 --aug-translate 0
               --aug-brightness 0 --aug-contrast 0 --aug-gamma 0 --aug-blur-prob 0 --aug-noise-std 0"
   [crop0.08]="--aug-crop-scale-min 0.08"
 )
-ORDER="${VARIANTS_ORDER:-base sgd temp0.2 seed_aug crop0.08}"
+ORDER="${VARIANTS_ORDER:-base sgd subject_pos temp0.2 seed_aug crop0.08}"
 FINETUNE=(--config "$CONFIG" --data-dir "$DATA" --splits "$SPLITS" --sweep --fractions 0.01 0.1 --seeds 0 1 2 --no-progress)
 
 [ -f "$SPLITS" ] || stage split-subject_split python -m simclr_ad.data split --data-dir "$DATA" --group-by auto \

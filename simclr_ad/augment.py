@@ -123,7 +123,12 @@ def augment(images: torch.Tensor, size: int, cfg: AugmentConfig, generator: torc
     return normalize(x.clamp(0, 1))
 
 
-def two_views(images: torch.Tensor, size: int, cfg: AugmentConfig,
-              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """The SimCLR pair: two independent views of each image."""
-    return augment(images, size, cfg, generator), augment(images, size, cfg, generator)
+def two_views(images: torch.Tensor, size: int, cfg: AugmentConfig, generator: torch.Generator,
+              partners: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The positive pair: two independent views of each image, or of each image and its partner.
+
+    ``partners`` (uint8, same shape as ``images``) is the second view's source, e.g. another
+    slice of the same subject; None means the image itself, as in SimCLR.
+    """
+    second = images if partners is None else partners
+    return augment(images, size, cfg, generator), augment(second, size, cfg, generator)

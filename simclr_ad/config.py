@@ -118,6 +118,9 @@ class PretrainConfig(AugmentConfig, CommonConfig):
     warmup_epochs: int = 10
     min_lr_ratio: float = 0.0
     temperature: float = 0.5
+    # views: two augmentations of one image (SimCLR). subject: the second view is of another slice of the
+    # same subject (known ids, else groups inferred without labels), as MICLe (Azizi et al., ICCV 2021).
+    positives: str = "views"
     proj_hidden_dim: int = 2048
     proj_out_dim: int = 128
     knn_k: int = 20
@@ -130,6 +133,7 @@ class PretrainConfig(AugmentConfig, CommonConfig):
         AugmentConfig.__post_init__(self)
         _check(self.pretrain_on in ("all", "train"), "pretrain_on", "must be all or train")
         _check(self.optimizer in ("sam", "sgd"), "optimizer", "must be sam or sgd")
+        _check(self.positives in ("views", "subject"), "positives", "must be views or subject")
         _check(self.lr > 0, "lr", "must be > 0")
         _check(self.temperature > 0, "temperature", "must be > 0")
         _check(self.init in ("random", "imagenet") or _is_path_like(self.init), "init",

@@ -57,10 +57,37 @@ def simclr_step(model, x0: torch.Tensor, x1: torch.Tensor, loss_fn, optimizer, r
     return loss.detach()
 
 
+def subject_partners(index: torch.Tensor, groups: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """For each pool index, another member of its group drawn uniformly (itself if it is alone).
+
+    Args:
+        index: int64 [B] indices into the pool.
+        groups: int64 [N] group id (0..G-1) of every pool image.
+        generator: CPU generator; one uniform draw per index.
+    Returns:
+        int64 [B] partner indices.
+    """
+    order = torch.argsort(groups, stable=True)
+    count = torch.bincount(groups)
+    start = torch.cumsum(count, 0) - count
+    position = torch.empty_like(order)
+    position[order] = torch.arange(len(order))
+    group, own = groups[index], position[index] - start[groups[index]]
+    size = count[group]
+    draw = (torch.rand(len(index), generator=generator) * (size - 1).clamp(min=1)).long()  # 0..size-2
+    draw = torch.where(size > 1, draw + (draw >= own).long(), own)  # skip itself
+    return order[start[group] + draw]
+
+
 def train_one_epoch(model, images: torch.Tensor, batches: list[torch.Tensor], cfg: PretrainConfig,
                     rt: runtime.Runtime, optimizer, scheduler, loss_fn, generator: torch.Generator,
-                    epoch: int, start_batch: int = 0, on_step=None, log: RunLog | None = None) -> dict:
-    """Train over this rank's ``batches``; returns the epoch's averages."""
+                    epoch: int, start_batch: int = 0, on_step=None, log: RunLog | None = None,
+                    groups: torch.Tensor | None = None) -> dict:
+    """Train over this rank's ``batches``; returns the epoch's averages.
+
+    With ``groups`` (cfg.positives == "subject"), each image's positive is a view of another
+    slice of its group rather than a second view of itself.
+    """
     model.train()
     total_loss, n_steps, n_images = 0.0, 0, 0
     bar = tqdm(total=len(batches), initial=start_batch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
@@ -68,7 +95,9 @@ def train_one_epoch(model, images: torch.Tensor, batches: list[torch.Tensor], cf
     started = time.perf_counter()
     for i in range(start_batch, len(batches)):
         batch = images[batches[i]].to(rt.device, non_blocking=True)
-        x0, x1 = augment.two_views(batch, cfg.image_size, cfg, generator)
+        partners = None if groups is None else \
+            images[subject_partners(batches[i], groups, generator)].to(rt.device, non_blocking=True)
+        x0, x1 = augment.two_views(batch, cfg.image_size, cfg, generator, partners)
         if log is not None and epoch == 0 and i == 0 and log.writer is not None:
             pairs = torch.stack([x0[:8], x1[:8]], dim=1).flatten(0, 1).float() * augment.STD + augment.MEAN
             log.writer.add_image("views/pairs", torchvision.utils.make_grid(pairs.clamp(0, 1).cpu(), nrow=8), 0)
@@ -136,6 +165,8 @@ def main(argv: list[str] | None = None) -> Path:
     pool = images.images[torch.from_numpy(pretrain_idx)]
     if rt.device.type == "cuda":
         pool = pool.to(rt.device)  # the uint8 cache is small: keep it next to the model
+    groups = (torch.from_numpy(splits.label_free_groups(images.subset(pretrain_idx)))
+              if cfg.positives == "subject" else None)
     monitor_bank, monitor_query = images.subset(train_idx), images.subset(images.indices_of(split["val"]))
     batches_per_epoch = len(pool) // (cfg.batch_size * rt.world_size)
     if batches_per_epoch == 0:
@@ -201,9 +232,11 @@ def main(argv: list[str] | None = None) -> Path:
                 save(epoch, done, generator)
 
         stats = train_one_epoch(model, pool, batches, cfg, rt, optimizer, scheduler, loss_fn, generator,
-                                epoch, start_batch, on_step, log)
+                                epoch, start_batch, on_step, log, groups)
         start_batch = 0
         record = {"epoch": epoch + 1, **stats, "lr": scheduler.get_last_lr()[0], "n_images": len(pool)}
+        if groups is not None:
+            record["n_groups"] = int(groups.max()) + 1
         if cfg.knn_every and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs):
             record.update(knn())
         log.log(record, step=epoch + 1)

@@ -2,6 +2,7 @@
 
     python -m simclr_ad.report --runs SWEEP_DIR [--runs DIR2 ...] --out REPORT_DIR
         [--gradcam-per-class N] [--no-gradcam] [--num-threads N]
+    python -m simclr_ad.report --ablation DIR --out REPORT_DIR   # pretraining variants side by side
 
 A run is any directory under a ``--runs`` dir (searched recursively) holding the
 ``config.yaml`` of a fine-tune run (it has ``label_frac``; sweep-level and pretrain
@@ -717,12 +718,12 @@ def _mean_ci(values: Sequence[float]) -> str:
     if not values:
         return "–"
     mean, _, ci = mean_std_ci95(values)
-    return f"{100 * mean:.1f}" + (f" ± {100 * ci:.1f}" if ci is not None else " (1 seed)")
+    return _percent(mean, ci, len(values), len(values))
 
 
-def ablation_document(variants: Sequence[Variant], root: Path) -> Document:
+def ablation_document(variants: Sequence[Variant], root: Path, figures: dict[str, bytes]) -> Document:
     """Pretraining variants side by side: kNN monitor, and fine-tuning selected and reported per fraction."""
-    doc = Document({"ablation_knn.png": b""})
+    doc = Document(figures)
     base = next((v.config for v in variants if v.name == ABLATION_BASE), variants[0].config)
     doc.heading(1, "simclr_ad ablation: which pretraining knob moves the number")
     doc.para(f"Variants under {root}. Each changes the keys shown from the base run. Pretraining: the kNN monitor "
@@ -773,11 +774,9 @@ def write_ablation(root: Path, out: Path) -> Path:
             copy_pretrain_records(root / v.name / "pretrain", out / v.name / "pretrain")
         if v.runs:
             copy_run_records(v.runs, [str(root / v.name / "finetune")], out / v.name / "finetune")
-    doc = ablation_document(variants, root)
-    doc.figures["ablation_knn.png"] = png_bytes(plots.knn_curves_figure({v.name: _knn(v.curve) for v in variants
-                                                                          if v.curve}))
-    atomic_write_bytes(out / "ablation_knn.png", doc.figures["ablation_knn.png"])
-    atomic_write_text(out / "ablation.md", doc.markdown())
+    figure = png_bytes(plots.knn_curves_figure({v.name: _knn(v.curve) for v in variants if v.curve}))
+    atomic_write_bytes(out / "ablation_knn.png", figure)
+    atomic_write_text(out / "ablation.md", ablation_document(variants, root, {"ablation_knn.png": figure}).markdown())
     return out / "ablation.md"
 
 

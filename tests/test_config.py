@@ -62,3 +62,9 @@ def test_round_trip_and_newer_format_refused():
 
 def test_yaml_keys_of_other_stage_are_ignored_not_errors():
     assert "label_frac" not in read_yaml_config(TINY, "pretrain")
+
+
+def test_positives_must_be_views_or_subject():
+    assert PretrainConfig(positives="subject").positives == "subject"
+    with pytest.raises(ConfigError, match="'positives' must be views or subject"):
+        PretrainConfig(positives="pairs")

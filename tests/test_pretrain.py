@@ -80,3 +80,21 @@ def test_plain_sgd_without_sam(tmp_path):
     pretrain.main(["--config", TINY, "--out", str(out), "--epochs", "1", "--optimizer", "sgd", "--knn-every", "0",
                    "--precision", "fp32", "--no-channels-last"])
     assert (out / "encoder.pt").is_file()
+
+
+def test_subject_partners_by_hand():
+    groups = torch.tensor([0, 0, 1, 1, 1, 2])  # pairs within {0,1}, {2,3,4}; 5 is alone
+    index = torch.tensor([0, 1, 5] + [2] * 300)
+    partners = pretrain.subject_partners(index, groups, torch.Generator().manual_seed(0))
+    assert partners[:3].tolist() == [1, 0, 5]  # the only other member; a singleton is its own partner
+    drawn = partners[3:].tolist()
+    assert set(drawn) == {3, 4} and 120 < drawn.count(3) < 180  # never itself, uniform over the others
+    again = pretrain.subject_partners(index, groups, torch.Generator().manual_seed(0))
+    assert torch.equal(partners, again)
+
+
+def test_subject_positives_pretrain_runs(tmp_path):
+    out = pretrain.main(["--config", TINY, "--out", str(tmp_path / "run"), "--epochs", "1", "--knn-every", "0",
+                         "--positives", "subject"])
+    (line,) = _lines(out)
+    assert line["n_groups"] >= 4 and line["loss"] > 0  # phantoms carry subject ids: one group per subject

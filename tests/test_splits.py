@@ -1,6 +1,7 @@
 """Leakage-safe splits: grouping recovers subjects, groups never cross, fractions nest, audit finds leaks."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -52,6 +53,16 @@ def test_auto_groups_recover_phantom_subjects(ph):
     assert adjusted_rand_score(subjects, groups) > 0.9
     for g in np.unique(groups):  # groups never mix classes
         assert len(set(images.labels[groups == g])) == 1
+
+
+def test_label_free_groups_use_known_subjects_else_ignore_labels(ph):
+    images, subjects = ph
+    known = splits.label_free_groups(dataclasses.replace(images, subjects=subjects))
+    assert adjusted_rand_score(subjects, known) == 1.0 and known.dtype == np.int64
+    blind = splits.label_free_groups(images)  # no subject ids: inferred, labels never read
+    scrambled = np.random.default_rng(0).permutation(images.labels)
+    assert np.array_equal(blind, splits.label_free_groups(dataclasses.replace(images, labels=scrambled)))
+    assert adjusted_rand_score(subjects, blind) > 0.9
 
 
 def test_auto_groups_recover_short_subjects():
