@@ -180,14 +180,15 @@ def pretrain_curve_figure(records: Sequence[dict]) -> Figure:
     return fig
 
 
-def knn_curves_figure(curves: Mapping[str, Sequence[tuple[int, float]]]) -> Figure:
-    """kNN monitor balanced accuracy vs epoch, one line per named run (epoch 0: the initialisation)."""
+def curves_figure(curves: Mapping[str, Sequence[tuple[int, float]]], xlabel: str, ylabel: str,
+                  title: str) -> Figure:
+    """One line of (epoch, value) points per named curve."""
     fig = _figure(6.5, 3.8)
     ax = fig.subplots()
     for name, points in curves.items():
         if points:
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
-    ax.set(xlabel="pretraining epoch", ylabel="kNN balanced accuracy (validation)", title="kNN monitor per variant")
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=name)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     if any(curves.values()):
         ax.legend(fontsize=8)
     return fig

@@ -273,6 +273,27 @@ class CamStudy:
     notes: list[str] = field(default_factory=list)
 
 
+def validation_curves(runs: Sequence[Run]) -> dict[str, list[tuple[int, float]]]:
+    """Validation balanced accuracy per epoch, per protocol and arm, at that protocol's largest label fraction.
+
+    One run per line (the lowest seed): the curve shows whether the model kept improving on held-out
+    images (undertrained) or peaked early while training went on (fitting the training subjects).
+    """
+    curves: dict[str, list[tuple[int, float]]] = {}
+    done = sorted((r for r in runs if r.complete), key=lambda r: (_sort_key(r.protocol, r.init, r.mode), r.seed))
+    for protocol in dict.fromkeys(r.protocol for r in done):
+        top = max(r.label_frac for r in done if r.protocol == protocol)
+        for run in (r for r in done if r.protocol == protocol and r.label_frac == top):
+            name = f"{plots.arm_label(run.init, run.mode)}, group_by={protocol}, {percent_labels(top)} labels"
+            log = run.path / "metrics.jsonl"
+            if name in curves or not log.is_file():
+                continue
+            records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+            curves[name] = [(int(r["epoch"]), float(r["val_balanced_accuracy"])) for r in records
+                            if "val_balanced_accuracy" in r]
+    return curves
+
+
 def _pick_run(runs: Sequence[Run], protocol: str, init: str, frac: float) -> Run | None:
     """Seed 0 if present, else the lowest seed, of a complete finetune run with best.pt."""
     found = [r for r in runs if r.complete and r.protocol == protocol and r.init == init and r.mode == "finetune"
@@ -621,6 +642,8 @@ def build_document(runs: Sequence[Run], rows: Sequence[dict], figures: dict[str,
     _inflation_tables(doc, rows)
     doc.heading(2, "Figures")
     doc.figure("label_efficiency.png", "Balanced accuracy vs label fraction (95% CI band over seeds)")
+    doc.figure("val_curves.png", "Validation balanced accuracy per fine-tuning epoch at the largest label fraction "
+               "(lowest seed): still rising means undertrained; an early peak means the rest fit the training set")
     for name in sorted(n for n in figures if n.startswith("confusion_")):
         doc.figure(name, f"{name}: test confusion matrix summed over seeds")
     _gradcam_part(doc, study)
@@ -774,7 +797,8 @@ def write_ablation(root: Path, out: Path) -> Path:
             copy_pretrain_records(root / v.name / "pretrain", out / v.name / "pretrain")
         if v.runs:
             copy_run_records(v.runs, [str(root / v.name / "finetune")], out / v.name / "finetune")
-    figure = png_bytes(plots.knn_curves_figure({v.name: _knn(v.curve) for v in variants if v.curve}))
+    figure = png_bytes(plots.curves_figure({v.name: _knn(v.curve) for v in variants if v.curve}, "pretraining epoch",
+                                           "kNN balanced accuracy (validation)", "kNN monitor per variant"))
     atomic_write_bytes(out / "ablation_knn.png", figure)
     atomic_write_text(out / "ablation.md", ablation_document(variants, root, {"ablation_knn.png": figure}).markdown())
     return out / "ablation.md"
@@ -853,7 +877,10 @@ def main(argv: list[str] | None = None) -> Path:
         copy_run_records(runs, args.runs, out / "runs")
 
     # ---------------------------------------------------------------- figures
-    figures = {"label_efficiency.png": png_bytes(plots.label_efficiency_figure(rows))}
+    figures = {"label_efficiency.png": png_bytes(plots.label_efficiency_figure(rows)),
+               "val_curves.png": png_bytes(plots.curves_figure(validation_curves(runs), "fine-tuning epoch",
+                                                               "validation balanced accuracy",
+                                                               "validation curve at the largest label fraction"))}
     curve = pretrain_curve(Path(args.pretrain), out / "pretrain") if args.pretrain else None
     if curve:
         figures["pretrain_curve.png"] = curve

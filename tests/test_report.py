@@ -110,11 +110,27 @@ def test_report_tables_csv_and_missing_runs(runs, tmp_path):
         assert str(runs / "subject" / "random-finetune" / "frac1" / f"seed{seed}") in missing
     assert "interrupted" in missing and "metrics.json unreadable" in missing and "pretrain" not in missing
 
-    for name in ("label_efficiency.png", "confusion_simclr_0.1_subject.png", "confusion_random_0.1_subject.png",
+    for name in ("label_efficiency.png", "val_curves.png", "confusion_simclr_0.1_subject.png", "confusion_random_0.1_subject.png",
                  "confusion_simclr_0.1_image.png", "report.html"):
         assert (out / name).is_file(), name
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 1 + 4 and "src='confusion" not in page
+    assert page.count("data:image/png;base64,") == 2 + 4 and "src='confusion" not in page
+
+
+def test_validation_curves_take_each_protocols_largest_fraction_lowest_seed(tmp_path):
+    root = tmp_path / "runs"
+    for seed in (1, 0):
+        run = make_run(root, "subject", "random", 1.0, seed, 0.4)
+        (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "train_loss": 1.0, "val_balanced_accuracy": v + seed})
+                                                   + "\n" for e, v in ((1, 0.5), (2, 0.4))))
+    make_run(root, "subject", "random", 0.1, 0, 0.3)  # a smaller fraction: not drawn
+    (make_run(root, "image", "simclr", 0.5, 0, 0.6) / "metrics.jsonl").write_text(
+        '{"epoch": 1, "val_balanced_accuracy": 0.6}\n{"epoch": 1, "test_balanced_accuracy": 0.7}\n')
+    curves = report.validation_curves(report.find_runs([root]))
+    assert curves == {"random+finetune, group_by=subject, 100% labels": [(1, 0.5), (2, 0.4)],
+                      "simclr+finetune, group_by=image, 50% labels": [(1, 0.6)]}
+    fig = plots.curves_figure(curves, "epoch", "bal. acc.", "t")
+    assert len(fig.axes[0].lines) == 2 and fig.axes[0].get_legend() is not None
 
 
 def test_gradcam_failure_is_noted_not_fatal(tmp_path):
