@@ -42,6 +42,7 @@ from scipy import stats
 from simclr_ad import augment, gradcam, plots
 from simclr_ad.checkpoint import atomic_write_bytes, atomic_write_text
 from simclr_ad.errors import UserError, friendly_errors
+from simclr_ad.runlog import read_records
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 SUBJECT_METRICS = tuple(f"subject_{m}" for m in METRICS)
@@ -288,7 +289,7 @@ def validation_curves(runs: Sequence[Run]) -> dict[str, list[tuple[int, float]]]
             log = run.path / "metrics.jsonl"
             if name in curves or not log.is_file():
                 continue
-            records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+            records = read_records(log)
             curves[name] = [(int(r["epoch"]), float(r["val_balanced_accuracy"])) for r in records
                             if "val_balanced_accuracy" in r]
     return curves
@@ -690,8 +691,7 @@ def pretrain_curve(run_dir: Path, dest: Path) -> bytes | None:
     if not log.is_file():
         return None
     copy_pretrain_records(run_dir, dest)
-    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    return png_bytes(plots.pretrain_curve_figure(records))
+    return png_bytes(plots.pretrain_curve_figure(read_records(log)))
 
 
 # --------------------------------------------------------------------------- ablation
@@ -717,7 +717,7 @@ def read_variants(root: Path) -> list[Variant]:
     variants = []
     for path in sorted(p for p in root.iterdir() if p.is_dir()):
         log, config = path / "pretrain" / "metrics.jsonl", path / "pretrain" / "config.yaml"
-        curve = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+        curve = read_records(log) if log.is_file() else []
         runs = find_runs([path / "finetune"]) if (path / "finetune").is_dir() else []
         if curve or runs:
             variants.append(Variant(path.name, yaml.safe_load(config.read_text()) if config.is_file() else {},

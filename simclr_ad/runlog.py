@@ -23,9 +23,8 @@ class RunLog:
         self._writer = None
         self._tb_dir = Path(run_dir) / "tb"
         if enabled and resume_epoch is not None and self.path.is_file():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("epoch", -1) <= resume_epoch]
-            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+            kept = [r for r in read_records(self.path) if r.get("epoch", -1) <= resume_epoch]
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     @property
     def writer(self):
@@ -52,6 +51,11 @@ class RunLog:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl``, in order."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def write_json(path: str | Path, obj: Any) -> None:
