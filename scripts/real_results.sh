@@ -29,13 +29,13 @@ done
 
 # One SimCLR run on all 6400 images (labels unused) serves both protocols; its kNN monitor uses the subject split.
 stage pretrain python -m simclr_ad.pretrain --config "$CONFIG" --data-dir "$DATA" \
-  --splits "$RUNS/subject_split/splits.json" --pretrain-on all --out "$RUNS/pretrain"
+  --splits "$RUNS/subject_split/splits.json" --pretrain-on all --no-progress --out "$RUNS/pretrain"
 
 # Seeds outermost, so a run cut short still has every protocol, arm and fraction for the first seeds.
 for seed in $SEEDS; do
   for protocol in subject_split image_split; do
     common=(--config "$CONFIG" --data-dir "$DATA" --splits "$RUNS/$protocol/splits.json" --sweep
-            --encoder "$RUNS/pretrain/encoder.pt" --seeds "$seed" --out "$RUNS/$protocol/finetune")
+            --encoder "$RUNS/pretrain/encoder.pt" --seeds "$seed" --no-progress --out "$RUNS/$protocol/finetune")
     stage "finetune-$protocol-seed$seed" python -m simclr_ad.finetune "${common[@]}" --inits simclr random \
       --fractions 0.01 0.1 0.2 0.5 1.0
     stage "linear-$protocol-seed$seed" python -m simclr_ad.finetune "${common[@]}" --inits simclr --modes linear \
