@@ -5,6 +5,9 @@
 #   nohup bash scripts/real_results.sh > real_results.log 2>&1 &
 # Runs (checkpoints included) live in $RUNS, outside the repo; results/alzheimer_cpu gets the
 # reports, every run's metrics.json and config.yaml, and RUN.md (commands, SHA, machine, wall times).
+# On a fresh machine the pretraining re-runs (it is deterministic) and every fine-tune whose records
+# are committed under results/alzheimer_cpu/<protocol>/runs is restored from them, not re-run, when
+# its settings and encoder SHA-256 match (--restore-from).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 DATA="${DATA:-$ROOT/../shared/data/alzheimer_mri_128}"
@@ -35,7 +38,8 @@ stage pretrain python -m simclr_ad.pretrain --config "$CONFIG" --data-dir "$DATA
 for seed in $SEEDS; do
   for protocol in subject_split image_split; do
     common=(--config "$CONFIG" --data-dir "$DATA" --splits "$RUNS/$protocol/splits.json" --sweep
-            --encoder "$RUNS/pretrain/encoder.pt" --seeds "$seed" --no-progress --out "$RUNS/$protocol/finetune")
+            --encoder "$RUNS/pretrain/encoder.pt" --seeds "$seed" --no-progress --out "$RUNS/$protocol/finetune"
+            --restore-from "$OUT/$protocol/runs")
     stage "finetune-$protocol-seed$seed" python -m simclr_ad.finetune "${common[@]}" --inits simclr random \
       --fractions 0.01 0.1 0.2 0.5 1.0
     stage "linear-$protocol-seed$seed" python -m simclr_ad.finetune "${common[@]}" --inits simclr --modes linear \

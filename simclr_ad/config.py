@@ -167,6 +167,9 @@ class FinetuneConfig(AugmentConfig, CommonConfig):
     inits: tuple[str, ...] = ("simclr", "random")
     modes: tuple[str, ...] = ("finetune",)
     seeds: tuple[int, ...] = (0, 1, 2)
+    # a dir of run records in the sweep's layout (report --copy-runs writes one): finished cells are taken
+    # from there when their settings (and SimCLR encoder) match, e.g. on a fresh machine
+    restore_from: Optional[str] = None
     # lighter augmentation than pretraining
     aug_crop_scale_min: float = 0.8
     aug_rotate_deg: float = 5.0

@@ -15,6 +15,7 @@ import csv
 import hashlib
 import io
 import itertools
+import json
 import os
 import time
 from pathlib import Path
@@ -229,6 +230,36 @@ def _pretrain_on(cfg: FinetuneConfig) -> str | None:
     return (yaml.safe_load(config_file.read_text()) or {}).get("pretrain_on")
 
 
+# keys that say how a run was launched or which grid it belonged to, not what it computed
+_LAUNCH_KEYS = {"out", "progress", "num_threads", "cache_dir", "splits", "encoder", "restore_from",
+                "sweep", "fractions", "inits", "modes", "seeds"}
+
+
+def restore_cell(cfg: FinetuneConfig, record_dir: Path) -> bool:
+    """Copy a finished cell's records from ``record_dir`` into ``cfg.out`` if they are this very run.
+
+    They are when the recorded config equals ``cfg`` on every key but the launch keys, the split file
+    has the recorded protocol and seed, and a SimCLR encoder has the recorded SHA-256 (pretraining is
+    deterministic, so a re-run reproduces it). Checkpoints are not records: a restored cell has none.
+    """
+    import yaml
+
+    metrics_file, config_file = record_dir / "metrics.json", record_dir / "config.yaml"
+    if not (metrics_file.is_file() and config_file.is_file()):
+        return False
+    recorded, metrics = yaml.safe_load(config_file.read_text()) or {}, json.loads(metrics_file.read_text())
+    wanted = yaml.safe_load(yaml.safe_dump(config_to_dict(cfg)))
+    split = json.loads(Path(cfg.splits).read_text()) if cfg.splits else {}
+    same = (all(recorded.get(key, wanted[key]) == wanted[key] for key in wanted if key not in _LAUNCH_KEYS)
+            and (split.get("group_by"), split.get("seed")) == (metrics.get("group_by"), metrics.get("split_seed"))
+            and (cfg.init != "simclr" or metrics.get("encoder_sha256") == checkpoint.file_sha256(cfg.encoder)))
+    if same:
+        for name in ("config.yaml", "metrics.jsonl", "predictions.csv", "metrics.json"):  # metrics.json last
+            if (record_dir / name).is_file():
+                checkpoint.atomic_write_bytes(Path(cfg.out) / name, (record_dir / name).read_bytes())
+    return same
+
+
 def sweep(cfg: FinetuneConfig) -> Path:
     """Run the grid inits x modes x fractions x seeds; finished runs (with metrics.json) are skipped.
 
@@ -250,9 +281,13 @@ def sweep(cfg: FinetuneConfig) -> Path:
         out = root / f"{init}-{mode}" / f"frac{fraction:g}" / f"seed{seed}"
         if i % world != rank or (out / "metrics.json").is_file():
             continue
+        cell = replace(cfg, sweep=False, init=init, mode=mode, label_frac=fraction, seed=seed, out=str(out),
+                       splits=str(split_file))
+        if cfg.restore_from and restore_cell(cell, Path(cfg.restore_from) / out.relative_to(root)):
+            print(f"[{i + 1}/{len(cells)}] restored from {cfg.restore_from}: {out}", flush=True)
+            continue
         print(f"[{i + 1}/{len(cells)}] {init} {mode} label_frac={fraction:g} seed={seed} -> {out}", flush=True)
-        run(replace(cfg, sweep=False, init=init, mode=mode, label_frac=fraction, seed=seed, out=str(out),
-                    splits=str(split_file)), images)
+        run(cell, images)
     return root
 
 

@@ -4,9 +4,10 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score
 
-from simclr_ad import checkpoint, evaluate, finetune, pretrain
+from simclr_ad import checkpoint, evaluate, finetune, pretrain, report
 from simclr_ad.config import ConfigError
 from simclr_ad.errors import UserError
 from simclr_ad.models import ModelError, build_backbone
@@ -142,6 +143,42 @@ def test_sweep_runs_grid_and_resumes(encoder, tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in root.rglob("metrics.json")}
     finetune.main(args)
     assert stamps == {p: p.stat().st_mtime_ns for p in root.rglob("metrics.json")}
+
+
+def test_sweep_restores_matching_records_and_reruns_the_rest(encoder, tmp_path):
+    grid = ["--config", TINY, "--sweep", "--fractions", "0.2", "--inits", "simclr", "random", "--seeds", "0",
+            "--epochs", "1"]
+    first = finetune.main([*grid, "--out", str(tmp_path / "a"), "--encoder", str(encoder)])
+    report.main(["--runs", str(first), "--out", str(tmp_path / "rec"), "--copy-runs", "--no-gradcam"])
+    records = tmp_path / "rec" / "runs"
+
+    again = finetune.main([*grid, "--out", str(tmp_path / "b"), "--encoder", str(encoder),
+                           "--restore-from", str(records)])
+    for arm in ("simclr-finetune", "random-finetune"):
+        cell = again / arm / "frac0.2" / "seed0"
+        assert (cell / "metrics.json").read_bytes() == (first / arm / "frac0.2" / "seed0" / "metrics.json").read_bytes()
+        assert not (cell / "best.pt").exists()  # restored, not re-run
+
+    other = tmp_path / "other_encoder.pt"
+    state = torch.load(encoder, weights_only=True)
+    first_key = next(iter(state))
+    state[first_key] = state[first_key] + 1
+    torch.save(state, other)
+    mixed = finetune.main([*grid, "--out", str(tmp_path / "c"), "--encoder", str(other),
+                           "--restore-from", str(records)])
+    assert not (mixed / "random-finetune" / "frac0.2" / "seed0" / "best.pt").exists()
+    assert (mixed / "simclr-finetune" / "frac0.2" / "seed0" / "best.pt").is_file()  # another encoder: re-run
+    assert _metrics(mixed / "simclr-finetune" / "frac0.2" / "seed0")["encoder_sha256"] == checkpoint.file_sha256(other)
+
+    cell_cfg = yaml.safe_load((again / "random-finetune" / "frac0.2" / "seed0" / "config.yaml").read_text())
+    def cell(**changes):
+        return finetune.FinetuneConfig(**{**cell_cfg, **{k: tuple(v) for k, v in cell_cfg.items()
+                                                         if isinstance(v, list)}, **changes})
+
+    record = records / "random-finetune" / "frac0.2" / "seed0"
+    assert finetune.restore_cell(cell(out=str(tmp_path / "e")), record) and (tmp_path / "e" / "metrics.json").is_file()
+    assert not finetune.restore_cell(cell(out=str(tmp_path / "d"), lr=1e-3), record)
+    assert not (tmp_path / "d").exists()
 
 
 def test_min_steps_per_epoch_repeats_small_subsets():
