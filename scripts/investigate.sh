@@ -24,10 +24,11 @@ declare -A VARIANTS=(
   [sgd]="--optimizer sgd"
   [subject_pos]="--positives subject"
   [temp0.2]="--temperature 0.2"
+  [batch256]="--batch-size 256 --lr 0.02"  # twice the negatives; lr scaled linearly with the batch
   [seed_aug]="--aug-crop-scale-min 0.5 --aug-flip-prob 0 --aug-rotate-deg 0 --aug-translate 0
               --aug-brightness 0 --aug-contrast 0 --aug-gamma 0 --aug-blur-prob 0 --aug-noise-std 0"
 )
-ORDER="${VARIANTS_ORDER:-base sgd subject_pos temp0.2 seed_aug}"
+ORDER="${VARIANTS_ORDER:-base sgd subject_pos temp0.2 seed_aug batch256}"
 FINETUNE=(--config "$CONFIG" --data-dir "$DATA" --splits "$SPLITS" --sweep --fractions 0.01 0.1 --seeds 0 1 2 --no-progress)
 
 for protocol in subject_split image_split; do
