@@ -49,7 +49,7 @@ done
 
 for protocol in subject_split image_split; do
   stage "report-$protocol" python -m simclr_ad.report --runs "$RUNS/$protocol/finetune" --out "$OUT/$protocol" \
-    --copy-runs
+    --copy-runs --stages "$LOG"
 done
 # Across protocols (the inflation table), the pretraining curve, and RUN.md from the stage log.
 python -m simclr_ad.report --runs "$RUNS/subject_split/finetune" --runs "$RUNS/image_split/finetune" \
