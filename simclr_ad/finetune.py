@@ -29,7 +29,7 @@ from simclr_ad.config import FinetuneConfig, config_to_dict, parse_config, repla
 from simclr_ad.data import class_key
 from simclr_ad.errors import UserError, friendly_errors
 from simclr_ad.models import build_classifier, init_backbone
-from simclr_ad.runlog import RunLog, write_json
+from simclr_ad.runlog import RECORD_FILES, RunLog, write_json
 
 
 def task_labels(images: data.ImageSet, cfg: FinetuneConfig) -> tuple[list[str], np.ndarray]:
@@ -238,7 +238,8 @@ _LAUNCH_KEYS = {"out", "progress", "num_threads", "cache_dir", "splits", "encode
 def restore_cell(cfg: FinetuneConfig, record_dir: Path) -> bool:
     """Copy a finished cell's records from ``record_dir`` into ``cfg.out`` if they are this very run.
 
-    They are when the recorded config equals ``cfg`` on every key but the launch keys, the split file
+    They are when the recorded config equals ``cfg`` on every key but the launch keys (a key the
+    record predates counts as equal), the split file
     has the recorded protocol and seed, and a SimCLR encoder has the recorded SHA-256 (pretraining is
     deterministic, so a re-run reproduces it). Checkpoints are not records: a restored cell has none.
     """
@@ -254,7 +255,7 @@ def restore_cell(cfg: FinetuneConfig, record_dir: Path) -> bool:
             and (split.get("group_by"), split.get("seed")) == (metrics.get("group_by"), metrics.get("split_seed"))
             and (cfg.init != "simclr" or metrics.get("encoder_sha256") == checkpoint.file_sha256(cfg.encoder)))
     if same:
-        for name in ("config.yaml", "metrics.jsonl", "predictions.csv", "metrics.json"):  # metrics.json last
+        for name in RECORD_FILES:
             if (record_dir / name).is_file():
                 checkpoint.atomic_write_bytes(Path(cfg.out) / name, (record_dir / name).read_bytes())
     return same

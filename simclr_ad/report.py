@@ -42,7 +42,7 @@ from scipy import stats
 from simclr_ad import augment, gradcam, plots
 from simclr_ad.checkpoint import atomic_write_bytes, atomic_write_text
 from simclr_ad.errors import UserError, friendly_errors
-from simclr_ad.runlog import read_records
+from simclr_ad.runlog import RECORD_FILES, read_records
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 SUBJECT_METRICS = tuple(f"subject_{m}" for m in METRICS)
@@ -662,9 +662,6 @@ def build_document(runs: Sequence[Run], rows: Sequence[dict], figures: dict[str,
 
 
 # --------------------------------------------------------------------------- run records
-
-RECORD_FILES = ("metrics.json", "metrics.jsonl", "config.yaml")
-
 
 def copy_run_records(runs: Sequence[Run], roots: Sequence[str], dest: Path) -> None:
     """Copy each run's small record files (never checkpoints) to ``dest/<path under its root>``."""
