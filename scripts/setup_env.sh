@@ -13,6 +13,4 @@ if [ ! -f "$STAMP" ] || [ setup.cfg -nt "$STAMP" ]; then
   .venv/bin/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1" -e ".[dev]"
   touch "$STAMP"
 fi
-# Page-fault-free allocator settings: 15-30% faster steps on large activations (see README).
-export GLIBC_TUNABLES="${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=68719476736}"
 export PATH="$ROOT/.venv/bin:$PATH"

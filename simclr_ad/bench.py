@@ -3,20 +3,24 @@
     python -m simclr_ad.bench [--arch resnet50] [--image-size 128] [--batch-size 64] [--steps 10]
                               [--optimizer sgd|sam] [--json OUT] [--quick]
 
-Both loops run in one process, interleaved in rounds, so machine noise hits both:
+The loops, interleaved in rounds so machine noise hits both:
   reference  torchvision ResNet (3-channel), lightly SimCLRTransform on PIL images in a
              DataLoader, fp32, contiguous memory, lightly NTXentLoss, SGD (or the same SAM);
   ours       the real simclr_ad.pretrain step and data path: batched augmentation of the
              uint8 cache, bf16 autocast, channels_last, SGD or SAM.
+Each runs in a child process of its own, one at a time, because the allocator policy is
+per process: the reference as a plain script runs (glibc's default malloc), ours under
+runtime.MALLOC_TUNABLES as our stages run. The reference is timed a second time under our
+allocator settings (``speedup_same_allocator``), so the allocator's share is visible.
+Peak RSS is each child's own (DataLoader workers not included).
 It also measures the machine's practical peak (a large GEMM in our training dtype) and
-our achieved training FLOP/s from torch.utils.flop_counter, giving the MFU. Peak RSS is
-measured per loop in a fresh child process that runs only that loop (DataLoader workers
-not included), since memory one loop frees stays mapped and would be charged to the other.
+our achieved training FLOP/s from torch.utils.flop_counter, giving the MFU.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import statistics
@@ -49,17 +53,14 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _peak_rss_alone(argv: list[str], loop: str) -> float:
-    """Peak RSS of a fresh process that runs only ``loop`` (warm-up plus two steps).
-
-    Measured apart because, in the shared process, memory one loop freed stays mapped
-    (see runtime.MALLOC_TUNABLES) and would be counted against the other.
-    """
-    proc = subprocess.run([sys.executable, "-m", "simclr_ad.bench", *argv, "--rss-only", loop],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"bench --rss-only {loop} failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def gemm_peak_gflops(dtype: torch.dtype | None, n: int = 2048, repeats: int = 8) -> float:
@@ -76,17 +77,20 @@ def gemm_peak_gflops(dtype: torch.dtype | None, n: int = 2048, repeats: int = 8)
 
 
 class _PILViews(torch.utils.data.Dataset):
-    """The reference data path: per-image PIL transforms, as in lightly's SimCLR example."""
+    """The reference data path: per-image PIL transforms, as in lightly's SimCLR example.
+
+    Endless (indices wrap), so the timed steps never hit an epoch boundary's refill stall.
+    """
 
     def __init__(self, images: list[Image.Image], size: int):
         self.images = images
         self.transform = SimCLRTransform(input_size=size)
 
     def __len__(self) -> int:
-        return len(self.images)
+        return 1000 * len(self.images)
 
     def __getitem__(self, i: int):
-        return self.transform(self.images[i])
+        return self.transform(self.images[i % len(self.images)])
 
 
 def _step_seconds(step, n: int) -> list[float]:
@@ -99,6 +103,11 @@ def _step_seconds(step, n: int) -> list[float]:
 
 
 def _reference(args, pil_images):
+    """The reference loop's steps, plus ``start``/``stop`` of its DataLoader workers.
+
+    The workers run only between ``start`` and ``stop``, so they prefetch alongside the
+    reference's own steps (as in a real run) but never take the cores from ours'.
+    """
     torch.manual_seed(0)
     backbone = torchvision.models.__dict__[args.arch](weights=None)
     dim = backbone.fc.in_features
@@ -107,27 +116,26 @@ def _reference(args, pil_images):
     cfg = PretrainConfig(arch=args.arch, optimizer=args.optimizer, image_size=args.image_size)
     optimizer = build_optimizer(cfg, model)
     loss_fn = losses.nt_xent(0.5)
-    loader = torch.utils.data.DataLoader(_PILViews(pil_images, args.image_size), batch_size=args.batch_size,
-                                         shuffle=True, drop_last=True, num_workers=args.ref_workers,
-                                         persistent_workers=args.ref_workers > 0)
+    dataset = _PILViews(pil_images, args.image_size)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                                         num_workers=args.ref_workers)
     rt = runtime.Runtime(device=torch.device("cpu"), dtype=None, channels_last=False)
-    batches = iter(loader)
+    state = {"batches": None}
 
-    def next_views():
-        nonlocal batches
-        try:
-            return next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            return next(batches)
+    def start():  # spawn the workers and wait for a first batch (untimed)
+        state["batches"] = iter(loader)
+        next(state["batches"])
+
+    def stop():  # dropping the iterator shuts its workers down
+        state["batches"] = None
 
     def full_step():
-        x0, x1 = next_views()
+        x0, x1 = next(state["batches"])
         simclr_step(model, x0, x1, loss_fn, optimizer, rt, "bench")
 
-    x0, x1 = next_views()
+    x0, x1 = torch.utils.data.default_collate([dataset[i] for i in range(args.batch_size)])
     return {"full": full_step, "net": lambda: simclr_step(model, x0, x1, loss_fn, optimizer, rt, "bench"),
-            "aug": lambda: [loader.dataset[i] for i in range(args.batch_size)], "model": model}
+            "aug": lambda: [dataset[i] for i in range(args.batch_size)], "start": start, "stop": stop}
 
 
 def _ours(args, cache: torch.Tensor):
@@ -154,7 +162,11 @@ def _ours(args, cache: torch.Tensor):
     v0, v1 = rt.to_input(v0), rt.to_input(v1)
     return {"full": full_step, "net": lambda: simclr_step(model, v0, v1, loss_fn, optimizer, rt, "bench"),
             "aug": lambda: augment.two_views(cache[:cfg.batch_size], cfg.image_size, cfg, generator),
-            "model": model, "rt": rt, "views": (v0, v1)}
+            "start": lambda: None, "stop": lambda: None,
+            "flops": lambda: training_flops(model, (v0, v1), rt, args.optimizer == "sam"),
+            "gemm_peak": lambda: gemm_peak_gflops(rt.dtype),
+            "train_dtype": lambda: str(rt.dtype or torch.float32).replace("torch.", ""),
+            "threads": torch.get_num_threads}
 
 
 def training_flops(model, views, rt, sam: bool) -> float:
@@ -178,6 +190,67 @@ def _load_images(args) -> torch.Tensor:
     return data.load_dataset(cfg).images
 
 
+# The loops, each measured in a process of its own (its allocator policy is per process):
+LOOPS = {
+    "reference": "the lightly-example loop in a plain process (glibc's default malloc)",
+    "reference_same_allocator": "the same loop under our allocator settings (runtime.MALLOC_TUNABLES)",
+    "ours": "simclr_ad's step under runtime.MALLOC_TUNABLES, as our stages run",
+}
+
+
+def _serve(args) -> None:
+    """Child process: build one loop, then answer the parent's requests, one JSON line each.
+
+    Requests: ``start``/``stop`` (data-loader workers), ``time KIND N`` (seconds of N steps),
+    ``peak_rss_mb``, and for ours ``flops``, ``gemm_peak``, ``train_dtype``, ``threads``.
+    """
+    replies, sys.stdout = sys.stdout, sys.stderr  # stdout carries the replies only
+    cache = _load_images(args)
+    if args.serve == "ours":
+        loop = _ours(args, cache)
+    else:
+        images = [Image.fromarray(img[0].numpy(), "L").convert("RGB") for img in cache[:4 * args.batch_size]]
+        loop = _reference(args, images)
+    loop["peak_rss_mb"] = _peak_rss_mb
+    print(json.dumps("ready"), file=replies, flush=True)
+    for line in sys.stdin:
+        words = line.split()
+        reply = _step_seconds(loop[words[1]], int(words[2])) if words[0] == "time" else loop[words[0]]()
+        print(json.dumps(reply), file=replies, flush=True)
+
+
+class _Child:
+    """One loop in its own ``python -m simclr_ad.bench --serve NAME`` process; idle unless asked."""
+
+    def __init__(self, name: str, argv: list[str]):
+        env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+        env["SIMCLR_AD_NO_REEXEC"] = "1"
+        if name != "reference":
+            env["GLIBC_TUNABLES"] = runtime.MALLOC_TUNABLES
+        self.name = name
+        self.proc = subprocess.Popen([sys.executable, "-m", "simclr_ad.bench", *argv, "--serve", name],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.ask()  # built and ready
+
+    def ask(self, *request):
+        if request:
+            self.proc.stdin.write(" ".join(map(str, request)) + "\n")
+            self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"bench's {self.name} process exited with code {self.proc.wait()} "
+                               f"(its error is above)")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def _fmt_x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
 TARGETS = {"resnet18": 2.5, "resnet50": 3.5}  # the performance issue's speedup targets
 
 
@@ -187,11 +260,13 @@ def summary_markdown(results: list[dict]) -> str:
              "Written by `python -m simclr_ad.bench --summarize results/bench` from the JSON files here",
              "(made by `bash scripts/bench.sh`). img/s counts images with two views, forward and backward,",
              "both SAM passes included; median of the timed steps after warm-up, so expect 10-20 % noise.",
-             "Peak RSS: a fresh process running only that loop (DataLoader workers not counted).", "",
+             "Peak RSS: a fresh process running only that loop (DataLoader workers not counted).",
+             "The reference runs with glibc's default large-block policy, as a plain script does; the",
+             "last speedup column times it under our allocator settings instead (runtime.MALLOC_TUNABLES).", "",
              "| model @ input, batch, optimizer | reference img/s | ours img/s | speedup (target) "
              "| aug views/s (x network) | GEMM peak GFLOP/s | achieved GFLOP/s | MFU (target 0.70) "
-             "| peak RSS MB ours / reference |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| peak RSS MB ours / reference | speedup, same allocator |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(results, key=lambda r: (r["arch"], r["optimizer"])):
         target = TARGETS.get(r["arch"])
         mark = "" if target is None else f" ({'met' if r['speedup'] >= target else 'not met'}: {target}x)"
@@ -200,7 +275,8 @@ def summary_markdown(results: list[dict]) -> str:
             f"| {r['reference_img_per_s']:.1f} | {r['ours_img_per_s']:.1f} | {r['speedup']:.2f}x{mark} "
             f"| {r['aug_views_per_s']:.0f} ({r['aug_headroom']:.0f}x) | {r['gemm_peak_gflops']:.0f} "
             f"| {r['achieved_gflops']:.0f} | {r['mfu']:.2f} "
-            f"| {r['peak_rss_mb']:.0f} / {r['reference_peak_rss_mb']:.0f} |")
+            f"| {r['peak_rss_mb']:.0f} / {r['reference_peak_rss_mb']:.0f} "
+            f"| {_fmt_x(r.get('speedup_same_allocator'))} |")
     lines += ["", "Runs:", ""]
     for r in sorted(results, key=lambda r: (r["arch"], r["optimizer"])):
         lines.append(f"- `{r.get('command', '?')}`: {r.get('date', '?')}, commit {r.get('git_sha', '?')}, "
@@ -227,8 +303,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="ResNet18 at 64 px, few steps: under 3 minutes")
     parser.add_argument("--summarize", metavar="DIR", default=None,
                         help="write DIR/README.md from the bench JSON files in DIR, then stop")
-    parser.add_argument("--rss-only", choices=["reference", "ours"], default=None,
-                        help=argparse.SUPPRESS)  # internal: the peak-RSS child process
+    parser.add_argument("--serve", choices=list(LOOPS), default=None,
+                        help=argparse.SUPPRESS)  # internal: a child process that runs one loop
     args = parser.parse_args(argv)
     if args.summarize:
         folder = Path(args.summarize)
@@ -240,31 +316,36 @@ def main(argv: list[str] | None = None) -> dict:
         return {"written": str(folder / "README.md")}
     if args.quick:
         args.arch, args.image_size, args.steps, args.warmup = "resnet18", 64, 6, 1
+    if args.serve:
+        return _serve(args)
 
-    cache = _load_images(args)
-    pil_images = [Image.fromarray(img[0].numpy(), "L").convert("RGB") for img in cache[:4 * args.batch_size]]
-    if args.rss_only:
-        loop = _reference(args, pil_images) if args.rss_only == "reference" else _ours(args, cache)
-        _step_seconds(loop["full"], args.warmup + 2)
-        result = {"peak_rss_mb": _peak_rss_mb()}
-        print(json.dumps(result))
-        return result
-    loops = {"reference": _reference(args, pil_images), "ours": _ours(args, cache)}
-    timings = {name: {"full": [], "net": [], "aug": []} for name in loops}
+    child_argv = list(sys.argv[1:] if argv is None else argv)
+    _load_images(args)  # generate the phantoms once, before the children read them
+    loops = {name: _Child(name, child_argv) for name in LOOPS}
+    # Steps that read the data loader run between its start and stop; "net" and "aug" after.
+    kinds = {"reference": (("full",), ("net", "aug")), "reference_same_allocator": (("full",), ()),
+             "ours": (("full",), ("net", "aug"))}
+    timings = {name: {kind: [] for group in kinds[name] for kind in group} for name in loops}
     per_round = max(1, args.steps // args.rounds)
-    for name, loop in loops.items():  # warm-up: allocator, oneDNN kernels, DataLoader workers
-        _step_seconds(loop["full"], args.warmup)
+    for loop in loops.values():  # warm-up: allocator, oneDNN kernels
+        loop.ask("start")
+        loop.ask("time", "full", args.warmup)
+        loop.ask("stop")
     for _ in range(args.rounds):
         for name, loop in loops.items():
-            for kind in ("full", "net", "aug"):
-                timings[name][kind] += _step_seconds(loop[kind], per_round)
-    child_argv = list(sys.argv[1:] if argv is None else argv)
-    peak_rss = {name: _peak_rss_alone(child_argv, name) for name in loops}
-
+            with_data, without = kinds[name]
+            loop.ask("start")
+            for kind in with_data:
+                timings[name][kind] += loop.ask("time", kind, per_round)
+            loop.ask("stop")
+            for kind in without:
+                timings[name][kind] += loop.ask("time", kind, per_round)
+    peak_rss = {name: loop.ask("peak_rss_mb") for name, loop in loops.items()}
     ours = loops["ours"]
-    rt = ours["rt"]
-    flops = training_flops(ours["model"], ours["views"], rt, args.optimizer == "sam")
-    peak = gemm_peak_gflops(rt.dtype)
+    flops, peak = ours.ask("flops"), ours.ask("gemm_peak")
+    train_dtype, threads = ours.ask("train_dtype"), ours.ask("threads")
+    for loop in loops.values():
+        loop.close()
     median = {name: {k: statistics.median(v) for k, v in t.items()} for name, t in timings.items()}
     b = args.batch_size
     result = {
@@ -272,16 +353,18 @@ def main(argv: list[str] | None = None) -> dict:
         "small_map_gemm": args.small_map_gemm,
         "reference_img_per_s": b / median["reference"]["full"], "ours_img_per_s": b / median["ours"]["full"],
         "speedup": median["reference"]["full"] / median["ours"]["full"],
+        "reference_same_allocator_img_per_s": b / median["reference_same_allocator"]["full"],
+        "speedup_same_allocator": median["reference_same_allocator"]["full"] / median["ours"]["full"],
         "reference_net_img_per_s": b / median["reference"]["net"], "ours_net_img_per_s": b / median["ours"]["net"],
         "aug_views_per_s": 2 * b / median["ours"]["aug"],
         "reference_aug_views_per_s": 2 * b / median["reference"]["aug"],
         "aug_headroom": (2 * b / median["ours"]["aug"]) / (2 * b / median["ours"]["net"]),
         "peak_rss_mb": peak_rss["ours"], "reference_peak_rss_mb": peak_rss["reference"],
-        "gemm_peak_gflops": peak, "train_dtype": str(rt.dtype or torch.float32).replace("torch.", ""),
+        "gemm_peak_gflops": peak, "train_dtype": train_dtype,
         "achieved_gflops": flops / median["ours"]["full"] / 1e9,
         "mfu": flops / median["ours"]["full"] / 1e9 / peak,
-        "step_gflop": flops / 1e9, "steps_timed": per_round * args.rounds, "threads": torch.get_num_threads(),
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "step_gflop": flops / 1e9, "steps_timed": per_round * args.rounds, "threads": threads,
+        "machine": f"{_cpu_model()}, {threads} threads, torch {torch.__version__}",
         "command": shlex.join(["python", "-m", "simclr_ad.bench", *child_argv]),
         "git_sha": checkpoint.git_sha(), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
     }
