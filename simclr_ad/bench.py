@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -105,8 +107,9 @@ def _step_seconds(step, n: int) -> list[float]:
 def _reference(args, pil_images):
     """The reference loop's steps, plus ``start``/``stop`` of its DataLoader workers.
 
-    The workers run only between ``start`` and ``stop``, so they prefetch alongside the
-    reference's own steps (as in a real run) but never take the cores from ours'.
+    The workers (persistent, forked once) run only between ``start`` and ``stop``, so they
+    prefetch alongside the reference's own steps, as in a real run, but never take the
+    cores from another loop; ``stop`` pauses them with SIGSTOP.
     """
     torch.manual_seed(0)
     backbone = torchvision.models.__dict__[args.arch](weights=None)
@@ -118,16 +121,22 @@ def _reference(args, pil_images):
     loss_fn = losses.nt_xent(0.5)
     dataset = _PILViews(pil_images, args.image_size)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                         num_workers=args.ref_workers)
+                                         num_workers=args.ref_workers, persistent_workers=args.ref_workers > 0)
     rt = runtime.Runtime(device=torch.device("cpu"), dtype=None, channels_last=False)
     state = {"batches": None}
 
-    def start():  # spawn the workers and wait for a first batch (untimed)
-        state["batches"] = iter(loader)
-        next(state["batches"])
+    def signal_workers(sig: int) -> None:
+        for worker in multiprocessing.active_children():
+            os.kill(worker.pid, sig)
 
-    def stop():  # dropping the iterator shuts its workers down
-        state["batches"] = None
+    def start():
+        if state["batches"] is None:  # fork the workers and wait for a first batch (untimed)
+            state["batches"] = iter(loader)
+            next(state["batches"])
+        signal_workers(signal.SIGCONT)
+
+    def stop():
+        signal_workers(signal.SIGSTOP)
 
     def full_step():
         x0, x1 = next(state["batches"])
@@ -135,7 +144,8 @@ def _reference(args, pil_images):
 
     x0, x1 = torch.utils.data.default_collate([dataset[i] for i in range(args.batch_size)])
     return {"full": full_step, "net": lambda: simclr_step(model, x0, x1, loss_fn, optimizer, rt, "bench"),
-            "aug": lambda: [dataset[i] for i in range(args.batch_size)], "start": start, "stop": stop}
+            "aug": lambda: [dataset[i] for i in range(args.batch_size)], "start": start, "stop": stop,
+            "close": lambda: signal_workers(signal.SIGCONT)}  # paused workers could not shut down
 
 
 def _ours(args, cache: torch.Tensor):
@@ -162,7 +172,7 @@ def _ours(args, cache: torch.Tensor):
     v0, v1 = rt.to_input(v0), rt.to_input(v1)
     return {"full": full_step, "net": lambda: simclr_step(model, v0, v1, loss_fn, optimizer, rt, "bench"),
             "aug": lambda: augment.two_views(cache[:cfg.batch_size], cfg.image_size, cfg, generator),
-            "start": lambda: None, "stop": lambda: None,
+            "start": lambda: None, "stop": lambda: None, "close": lambda: None,
             "flops": lambda: training_flops(model, (v0, v1), rt, args.optimizer == "sam"),
             "gemm_peak": lambda: gemm_peak_gflops(rt.dtype),
             "train_dtype": lambda: str(rt.dtype or torch.float32).replace("torch.", ""),
@@ -217,6 +227,7 @@ def _serve(args) -> None:
         words = line.split()
         reply = _step_seconds(loop[words[1]], int(words[2])) if words[0] == "time" else loop[words[0]]()
         print(json.dumps(reply), file=replies, flush=True)
+    loop["close"]()
 
 
 class _Child:
