@@ -117,6 +117,9 @@ def file_sha256(path: str | Path) -> str:
 def git_sha() -> Optional[str]:
     """The SHA of the checkout this package runs from, '+dirty' if modified; None outside git.
 
+    Only changes outside results/ count as dirty: a run writing its results there (a bench
+    script's second run, say) is still a clean checkout of this code.
+
     Cached: the first call (stages make it at start-up) speaks for the whole process, so
     editing the tree while a long run goes on does not relabel its later checkpoints.
     """
@@ -124,7 +127,8 @@ def git_sha() -> Optional[str]:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
                              timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ":(top)", ":(top,exclude)results"], cwd=here,
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):

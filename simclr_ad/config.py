@@ -54,7 +54,7 @@ class CommonConfig:
     device: str = "auto"  # auto|cpu|cuda
     precision: str = "auto"  # auto (bf16 on CPU/CUDA when supported)|bf16|fp16|fp32
     channels_last: bool = True
-    small_map_gemm: bool = True  # CPU: convs with <=4x4 outputs (and strided 1x1) as GEMMs, see smallconv.py
+    small_map_gemm: bool = True  # CPU: convs on 2x2 outputs and small or strided 1x1 ones as GEMMs, see smallconv.py
     deterministic: bool = False
     num_threads: int = 0  # 0: all cores
     sync_bn: bool = True  # SyncBatchNorm under torchrun on GPUs (torch has no CPU SyncBatchNorm)

@@ -1,29 +1,28 @@
 """Convolutions on small feature maps as plain matrix products (a CPU speed fix).
 
-At 64 px, ResNet18's layer4 sees 2x2 maps and layer3 4x4 maps. oneDNN runs 3x3
-convolutions there far below the machine's GEMM speed, its backward pass especially:
-measured on 2 cores in bf16, layer4's 3x3 convolutions took ~35 % of a whole training step.
-``SmallMapConv2d`` is an ``nn.Conv2d`` (same parameters, same state_dict) that runs such
-convolutions as one GEMM, in one of two ways, and leaves every other one to oneDNN:
+At 64 px, ResNet18's layer4 sees 2x2 maps. oneDNN runs 3x3 convolutions there far below the
+machine's GEMM speed, its weight gradient especially (measured on 2 cores in bf16: 87 GFLOP/s
+for 512->512 on 2x2, against ~400 for a large GEMM). ``SmallMapConv2d`` is an ``nn.Conv2d``
+(same parameters, same state_dict) that runs such convolutions as one GEMM, in one of two
+ways, and leaves every other one to oneDNN:
 
-dense  (output positions x input positions <= 64, e.g. 2x2 -> 2x2 or 4x4 -> 2x2). On an HxW
-       map a convolution is a linear map from the H*W*C inputs to the P*O outputs, i.e. one
-       (P*O) x (H*W*C) matrix assembled from the kernel taps,
+dense      (3x3 and other kernels, output positions x input positions <= 64: 2x2 -> 2x2 and
+           4x4 -> 2x2). On an HxW map a convolution is a linear map from the H*W*C inputs to
+           the P*O outputs, i.e. one (P*O) x (H*W*C) matrix assembled from the kernel taps,
 
-           big[p, o, q, c] = sum_t S[t, p, q] * weight[o, c, t],
+               big[p, o, q, c] = sum_t S[t, p, q] * weight[o, c, t],
 
-       where S[t, p, q] = 1 when tap t joins output position p to input position q (zero
-       padding has no tap). Fewer FLOPs than the convolution itself on 2x2 maps (4 of the 9
-       taps ever touch an input).
-im2col (up to 4x4 outputs, and every strided 1x1 convolution). The input's kernel-sized
-       patches side by side, times the weight as an O x (kh*kw*C) matrix: exactly the
-       convolution's FLOPs, at GEMM speed. For a 1x1 kernel the patches are just the
-       (strided) pixels, so ResNet's downsampling shortcuts become one plain GEMM.
+           where S[t, p, q] = 1 when tap t joins output position p to input position q (zero
+           padding has no tap). Fewer FLOPs than the convolution itself on 2x2 maps (4 of the
+           9 taps ever touch an input).
+pointwise  (1x1 kernels, strided or on <= 4x4 outputs). The (strided) pixels times the weight
+           as an O x C matrix: ResNet's downsampling shortcuts become one plain GEMM.
 
-Autograd differentiates through both, so no backward is written by hand. Measured fwd+bwd
-in bf16 on 2 cores, one layer at a time (one-off probes, rough): 512->512 on 2x2 3.9x faster (dense), stride-2 4x4->2x2 2x (dense),
-512->512 on 4x4 2.4x and 256->256 on 4x4 1.4x (im2col); 1x1 stride 2 from 8x8, 1024->2048,
-3.7x; 1x1 on 4x4 1.8-2x; 3x3 on 8x8 and 1x1 stride 1 on 8x8 gained nothing, so they stay.
+Autograd differentiates through both, so no backward is written by hand. Measured fwd+bwd in
+bf16 on 2 cores, one layer at a time (one-off probes, rough): 512->512 3x3 on 2x2, 29 ms vs
+83 ms (dense); 1x1 stride 2 8x8 -> 4x4, 256->512, 2.6 vs 5.0 ms; 1x1 2048->512 on 4x4, 35 vs
+38 ms. On this machine oneDNN beat an im2col GEMM for 3x3 convolutions on 4x4 maps (29 vs
+46 ms for 256->256 at batch 256), so those stay with oneDNN, as do larger maps.
 ``convert(model)`` swaps the class of every plain ``nn.Conv2d`` in place.
 """
 from __future__ import annotations
@@ -34,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 MAX_POSITION_PAIRS = 64  # dense: output x input positions; 2x2->2x2 is 16, 4x4->2x2 is 64
-MAX_IM2COL_OUTPUTS = 16  # im2col: output positions, up to 4x4 (8x8->8x8 measured no faster)
+MAX_POINTWISE_OUTPUTS = 16  # unstrided 1x1: output positions, up to 4x4 (8x8 measured no faster)
 
 
 @functools.lru_cache(maxsize=64)
@@ -58,7 +57,7 @@ class SmallMapConv2d(torch.nn.Conv2d):
     """``nn.Conv2d`` that runs as one GEMM on maps small enough for that to pay (see module doc)."""
 
     def gemm_path(self, x: torch.Tensor) -> str | None:
-        """"dense", "im2col", or None for the ordinary convolution."""
+        """"dense", "pointwise", or None for the ordinary convolution."""
         kh, kw = self.kernel_size
         if (x.device.type != "cpu" or x.dim() != 4 or self.groups != 1 or self.dilation != (1, 1)
                 or self.padding_mode != "zeros" or isinstance(self.padding, str)):
@@ -67,11 +66,9 @@ class SmallMapConv2d(torch.nn.Conv2d):
         ho, wo = self._out_size(h, w)
         if ho <= 0 or wo <= 0:
             return None
-        if kh * kw == 1:  # pointwise: a GEMM over (strided) pixels
-            return "im2col" if self.stride != (1, 1) or ho * wo <= MAX_IM2COL_OUTPUTS else None
-        if ho * wo * h * w <= MAX_POSITION_PAIRS:
-            return "dense"
-        return "im2col" if ho * wo <= MAX_IM2COL_OUTPUTS else None
+        if kh * kw == 1 and self.padding == (0, 0):
+            return "pointwise" if self.stride != (1, 1) or ho * wo <= MAX_POINTWISE_OUTPUTS else None
+        return "dense" if ho * wo * h * w <= MAX_POSITION_PAIRS else None
 
     def _out_size(self, h: int, w: int) -> tuple[int, int]:
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
@@ -86,6 +83,7 @@ class SmallMapConv2d(torch.nn.Conv2d):
         o = self.out_channels
         ho, wo = self._out_size(h, w)
         x_nhwc = x.to(dtype).permute(0, 2, 3, 1)  # a view when x is channels_last
+        bias = None if self.bias is None else self.bias.to(dtype)
         if path == "dense":  # rows (p, o), columns (q, c)
             taps = tap_matrix(h, w, self.kernel_size, self.stride, self.padding).to(dtype)
             t, p, q = taps.shape
@@ -93,17 +91,11 @@ class SmallMapConv2d(torch.nn.Conv2d):
             big = (weight.reshape(o * c, t) @ taps.reshape(t, p * q)).view(o, c, p, q)
             matrix = big.permute(2, 0, 3, 1).reshape(p * o, q * c)
             rows = x_nhwc.reshape(n, q * c)
-        else:  # im2col: rows (n, p), columns (tap, c)
-            (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-            padded = F.pad(x_nhwc, (0, 0, pw, pw, ph, ph))
-            cols = [padded[:, ky:ky + (ho - 1) * sh + 1:sh, kx:kx + (wo - 1) * sw + 1:sw]
-                    for ky in range(kh) for kx in range(kw)]
-            rows = (torch.stack(cols, 3) if len(cols) > 1 else cols[0]).reshape(n * ho * wo, kh * kw * c)
-            # [O, kh, kw, C]: a view when the weight is channels_last, as after model.to(channels_last)
-            matrix = self.weight.to(dtype).permute(0, 2, 3, 1).reshape(o, kh * kw * c)
-        bias = None if self.bias is None else self.bias.to(dtype)
-        if bias is not None and path == "dense":
-            bias = bias.repeat(ho * wo)
+            bias = None if bias is None else bias.repeat(ho * wo)
+        else:  # pointwise: rows (n, p), columns c
+            sh, sw = self.stride
+            rows = x_nhwc[:, ::sh, ::sw].reshape(n * ho * wo, c)
+            matrix = self.weight.to(dtype).reshape(o, c)
         out = F.linear(rows, matrix, bias)
         return out.view(n, ho, wo, o).permute(0, 3, 1, 2)  # NCHW view of channels_last memory
 
