@@ -200,12 +200,10 @@ def _load_images(args) -> torch.Tensor:
     return data.load_dataset(cfg).images
 
 
-# The loops, each measured in a process of its own (its allocator policy is per process):
-LOOPS = {
-    "reference": "the lightly-example loop in a plain process (glibc's default malloc)",
-    "reference_same_allocator": "the same loop under our allocator settings (runtime.MALLOC_TUNABLES)",
-    "ours": "simclr_ad's step under runtime.MALLOC_TUNABLES, as our stages run",
-}
+# Each loop runs in a process of its own, since the allocator policy is per process: the
+# lightly-example loop as a plain script (glibc's defaults), the same loop under our
+# runtime.MALLOC_TUNABLES, and ours under them, as our stages run.
+LOOPS = ("reference", "reference_same_allocator", "ours")
 
 
 def _serve(args) -> None:
@@ -271,9 +269,10 @@ def summary_markdown(results: list[dict]) -> str:
              "Written by `python -m simclr_ad.bench --summarize results/bench` from the JSON files here",
              "(made by `bash scripts/bench.sh`). img/s counts images with two views, forward and backward,",
              "both SAM passes included; median of the timed steps after warm-up, so expect 10-20 % noise.",
-             "Peak RSS: a fresh process running only that loop (DataLoader workers not counted).",
-             "The reference runs with glibc's default large-block policy, as a plain script does; the",
-             "last speedup column times it under our allocator settings instead (runtime.MALLOC_TUNABLES).", "",
+             "Each loop runs in a process of its own: the reference as a plain script (glibc's default",
+             "malloc), ours under runtime.MALLOC_TUNABLES as our stages run; the last column times the",
+             "reference under those allocator settings too. Peak RSS: each loop's own process",
+             "(DataLoader workers not counted).", "",
              "| model @ input, batch, optimizer | reference img/s | ours img/s | speedup (target) "
              "| aug views/s (x network) | GEMM peak GFLOP/s | achieved GFLOP/s | MFU (target 0.70) "
              "| peak RSS MB ours / reference | speedup, same allocator |",

@@ -30,6 +30,7 @@ def test_summarize_writes_a_table_with_targets(tmp_path):
     (tmp_path / "b.json").write_text(json.dumps(dict(row, arch="resnet50", image_size=128, speedup=2.0)))
     bench.main(["--summarize", str(tmp_path)])
     text = (tmp_path / "README.md").read_text()
+    assert "\n\n| model @ input, batch, optimizer |" in text  # the table starts on a line of its own
     assert "| resnet18 @ 64, 128, SAM | 20.0 | 60.0 | 3.00x (met: 2.5x)" in text
     assert "2.00x (not met: 3.5x)" in text
     assert "`python -m simclr_ad.bench --quick`: 2026-11-22, commit abc1234" in text
