@@ -7,7 +7,8 @@
 # reports, every run's metrics.json and config.yaml, and RUN.md (commands, SHA, machine, wall times).
 # On a fresh machine the pretraining re-runs (it is deterministic) and every fine-tune whose records
 # are committed under results/alzheimer_cpu/<protocol>/runs is restored from them, not re-run, when
-# its settings and encoder SHA-256 match (--restore-from).
+# its settings and encoder SHA-256 match (--restore-from). The encoder only matches at the commit
+# named in RUN.md: later numerics changes (README, "Reliability") give another one, and cells re-run.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 DATA="${DATA:-$ROOT/../shared/data/alzheimer_mri_128}"
