@@ -70,12 +70,7 @@ def gemm_peak_gflops(dtype: torch.dtype | None, n: int = 2048, repeats: int = 8)
     a = torch.randn(n, n, dtype=dtype or torch.float32)
     b = torch.randn(n, n, dtype=dtype or torch.float32)
     a @ b
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - started)
-    return 2 * n ** 3 / min(times) / 1e9
+    return 2 * n ** 3 / min(_step_seconds(lambda: a @ b, repeats)) / 1e9
 
 
 class _PILViews(torch.utils.data.Dataset):
@@ -173,10 +168,9 @@ def _ours(args, cache: torch.Tensor):
     return {"full": full_step, "net": lambda: simclr_step(model, v0, v1, loss_fn, optimizer, rt, "bench"),
             "aug": lambda: augment.two_views(cache[:cfg.batch_size], cfg.image_size, cfg, generator),
             "start": lambda: None, "stop": lambda: None, "close": lambda: None,
-            "flops": lambda: training_flops(model, (v0, v1), rt, args.optimizer == "sam"),
-            "gemm_peak": lambda: gemm_peak_gflops(rt.dtype),
-            "train_dtype": lambda: str(rt.dtype or torch.float32).replace("torch.", ""),
-            "threads": torch.get_num_threads}
+            "info": lambda: {"flops": training_flops(model, (v0, v1), rt, args.optimizer == "sam"),
+                             "gemm_peak": gemm_peak_gflops(rt.dtype), "threads": torch.get_num_threads(),
+                             "train_dtype": str(rt.dtype or torch.float32).replace("torch.", "")}}
 
 
 def training_flops(model, views, rt, sam: bool) -> float:
@@ -210,7 +204,7 @@ def _serve(args) -> None:
     """Child process: build one loop, then answer the parent's requests, one JSON line each.
 
     Requests: ``start``/``stop`` (data-loader workers), ``time KIND N`` (seconds of N steps),
-    ``peak_rss_mb``, and for ours ``flops``, ``gemm_peak``, ``train_dtype``, ``threads``.
+    ``peak_rss_mb``, and for ours ``info`` (step FLOPs, GEMM peak, dtype, threads).
     """
     replies, sys.stdout = sys.stdout, sys.stderr  # stdout carries the replies only
     cache = _load_images(args)
@@ -332,10 +326,10 @@ def main(argv: list[str] | None = None) -> dict:
     child_argv = list(sys.argv[1:] if argv is None else argv)
     _load_images(args)  # generate the phantoms once, before the children read them
     loops = {name: _Child(name, child_argv) for name in LOOPS}
-    # Steps that read the data loader run between its start and stop; "net" and "aug" after.
-    kinds = {"reference": (("full",), ("net", "aug")), "reference_same_allocator": (("full",), ()),
-             "ours": (("full",), ("net", "aug"))}
-    timings = {name: {kind: [] for group in kinds[name] for kind in group} for name in loops}
+    # "full" steps read the data loader, so they run between its start and stop; "net" and
+    # "aug" after. The same-allocator reference only needs its full step.
+    parts = {name: ("net", "aug") if name != "reference_same_allocator" else () for name in loops}
+    timings = {name: {kind: [] for kind in ("full", *parts[name])} for name in loops}
     per_round = max(1, args.steps // args.rounds)
     for loop in loops.values():  # warm-up: allocator, oneDNN kernels
         loop.ask("start")
@@ -343,17 +337,14 @@ def main(argv: list[str] | None = None) -> dict:
         loop.ask("stop")
     for _ in range(args.rounds):
         for name, loop in loops.items():
-            with_data, without = kinds[name]
             loop.ask("start")
-            for kind in with_data:
-                timings[name][kind] += loop.ask("time", kind, per_round)
+            timings[name]["full"] += loop.ask("time", "full", per_round)
             loop.ask("stop")
-            for kind in without:
+            for kind in parts[name]:
                 timings[name][kind] += loop.ask("time", kind, per_round)
     peak_rss = {name: loop.ask("peak_rss_mb") for name, loop in loops.items()}
-    ours = loops["ours"]
-    flops, peak = ours.ask("flops"), ours.ask("gemm_peak")
-    train_dtype, threads = ours.ask("train_dtype"), ours.ask("threads")
+    info = loops["ours"].ask("info")
+    flops, peak, threads = info["flops"], info["gemm_peak"], info["threads"]
     for loop in loops.values():
         loop.close()
     median = {name: {k: statistics.median(v) for k, v in t.items()} for name, t in timings.items()}
@@ -370,7 +361,7 @@ def main(argv: list[str] | None = None) -> dict:
         "reference_aug_views_per_s": 2 * b / median["reference"]["aug"],
         "aug_headroom": (2 * b / median["ours"]["aug"]) / (2 * b / median["ours"]["net"]),
         "peak_rss_mb": peak_rss["ours"], "reference_peak_rss_mb": peak_rss["reference"],
-        "gemm_peak_gflops": peak, "train_dtype": train_dtype,
+        "gemm_peak_gflops": peak, "train_dtype": info["train_dtype"],
         "achieved_gflops": flops / median["ours"]["full"] / 1e9,
         "mfu": flops / median["ours"]["full"] / 1e9 / peak,
         "step_gflop": flops / 1e9, "steps_timed": per_round * args.rounds, "threads": threads,

@@ -239,9 +239,9 @@ def restore_cell(cfg: FinetuneConfig, record_dir: Path) -> bool:
     """Copy a finished cell's records from ``record_dir`` into ``cfg.out`` if they are this very run.
 
     They are when the recorded config equals ``cfg`` on every key but the launch keys (a key the
-    record predates counts as equal), the split file
-    has the recorded protocol and seed, and a SimCLR encoder has the recorded SHA-256 (pretraining is
-    deterministic, so a re-run reproduces it). Checkpoints are not records: a restored cell has none.
+    record predates counts as equal), the split file has the recorded protocol and seed, and a
+    SimCLR encoder has the recorded SHA-256 (pretraining is deterministic, so a re-run at the same
+    code and machine reproduces it). Checkpoints are not records: a restored cell has none.
     """
     import yaml
 
