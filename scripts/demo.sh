@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up .venv (first run only), then the main job end to end on the embedded synthetic
 # phantom dataset: SimCLR pretrain -> fine-tune at 5 label fractions for both arms -> report.
-# About 12 minutes on 2 CPU cores (measured: results/demo/RUN.md). Re-running resumes and skips finished work.
+# About 8 minutes on 2 CPU cores (measured: results/demo/RUN.md). Re-running resumes and skips finished work.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 OUT="${1:-demo_runs}"
@@ -15,12 +15,17 @@ python -m simclr_ad.pretrain --config "$CONFIG" --out "$OUT/pretrain"
 python -m simclr_ad.finetune --config "$CONFIG" --sweep \
   --encoder "$OUT/pretrain/encoder.pt" --inits simclr random --fractions 0.01 0.1 0.2 0.5 1.0 --seeds 0 \
   --out "$OUT/finetune"
+# What the networks must beat: majority class, raw-pixel kNN and logistic regression, kNN on frozen
+# random-init and SimCLR features, on the same split and label subsets.
+python -m simclr_ad.baselines --config "$CONFIG" --encoder "$OUT/pretrain/encoder.pt" \
+  --fractions 0.01 0.1 0.2 0.5 1.0 --seeds 0 --out "$OUT/finetune"
 python -m simclr_ad.report --runs "$OUT/finetune" --pretrain "$OUT/pretrain" --out "$OUT/report"
 
 echo
 echo "Outputs:"
 echo "  pretraining run : $OUT/pretrain   (encoder.pt, metrics.jsonl, tb/)"
 echo "  fine-tune runs  : $OUT/finetune/<init>-<mode>/frac<F>/seed<S>/metrics.json"
+echo "  baselines       : $OUT/finetune/<name>-reference/frac<F>/seed<S>/metrics.json"
 echo "  report          : $OUT/report/report.md  (and report.html, summary.csv, figures)"
 echo "  phantom examples: $OUT/phantoms.png"
 echo "  TensorBoard     : tensorboard --logdir $OUT"

@@ -34,6 +34,8 @@ class CommonConfig:
     data_dir: Optional[str] = None  # None: the embedded synthetic phantom dataset
     synth_n: int = 2000  # phantom images when data_dir is None
     synth_seed: int = 0
+    synth_slices: int = 32  # slices per phantom subject (the Kaggle set has ~32; fewer gives more subjects)
+    synth_min_subjects: int = 2  # phantom subjects per class at least (the Kaggle set's rarest class has 2)
     image_size: int = 128
     strict: bool = False  # unreadable images are an error instead of a named skip
     allow_absolute_paths: bool = False  # manifest paths may point outside the data root
@@ -66,6 +68,8 @@ class CommonConfig:
         _check(self.epochs >= 0, "epochs", "must be >= 0")
         _check(1 <= self.batch_size <= 65536, "batch_size", "must be between 1 and 65536")
         _check(self.synth_n >= 8, "synth_n", "must be >= 8")
+        _check(self.synth_slices >= 1, "synth_slices", "must be >= 1")
+        _check(self.synth_min_subjects >= 1, "synth_min_subjects", "must be >= 1")
         _check(self.arch in ARCHS, "arch", f"must be one of {', '.join(ARCHS)}")
         _check(self.group_by in ("default", "subject", "auto", "image"), "group_by",
                "must be default, subject, auto or image")
@@ -121,6 +125,9 @@ class PretrainConfig(AugmentConfig, CommonConfig):
     # views: two augmentations of one image (SimCLR). subject: the second view is of another slice of the
     # same subject (known ids, else groups inferred without labels), as MICLe (Azizi et al., ICCV 2021).
     positives: str = "views"
+    # all: every other sample of the batch is a negative (SimCLR). other_subjects: slices of the anchor's own
+    # subject (known ids, else groups inferred without labels) are not negatives: they are near-duplicates
+    negatives: str = "all"
     proj_hidden_dim: int = 2048
     proj_out_dim: int = 128
     knn_k: int = 20
@@ -134,6 +141,7 @@ class PretrainConfig(AugmentConfig, CommonConfig):
         _check(self.pretrain_on in ("all", "train"), "pretrain_on", "must be all or train")
         _check(self.optimizer in ("sam", "sgd"), "optimizer", "must be sam or sgd")
         _check(self.positives in ("views", "subject"), "positives", "must be views or subject")
+        _check(self.negatives in ("all", "other_subjects"), "negatives", "must be all or other_subjects")
         _check(self.lr > 0, "lr", "must be > 0")
         _check(self.temperature > 0, "temperature", "must be > 0")
         _check(self.init in ("random", "imagenet") or _is_path_like(self.init), "init",
@@ -157,6 +165,11 @@ class FinetuneConfig(AugmentConfig, CommonConfig):
     dropout: float = 0.5
     class_weights: bool = False
     early_stop_patience: int = 20  # epochs without val balanced-accuracy gain; 0 disables
+    # plateau: ReduceLROnPlateau on the validation loss (the seed project's); cosine: linear warmup over
+    # warmup_epochs, then cosine decay per step to zero; constant: lr throughout
+    lr_schedule: str = "plateau"
+    warmup_epochs: float = 0.0  # cosine only
+    label_smoothing: float = 0.0
     plateau_patience: int = 5
     plateau_factor: float = 0.5
     eval_batch_size: int = 256
@@ -196,6 +209,10 @@ class FinetuneConfig(AugmentConfig, CommonConfig):
                    f"{init!r} must be simclr, random, imagenet or a path to a state_dict")
         _check(self.lr > 0, "lr", "must be > 0")
         _check(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
+        _check(self.lr_schedule in ("plateau", "cosine", "constant"), "lr_schedule",
+               "must be plateau, cosine or constant")
+        _check(0 <= self.warmup_epochs <= max(self.epochs, 0), "warmup_epochs", "must be in [0, epochs]")
+        _check(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
 
 
 STAGES: dict[str, type] = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}

@@ -330,18 +330,28 @@ def _save_cache(path: Path, arrays, ok, reasons, info) -> None:
 
 # --------------------------------------------------------------------------- entry point for stages
 
-def phantom_dir(n: int, seed: int, cache_dir: str | Path | None = None) -> Path:
+def phantom_dir(n: int, seed: int, cache_dir: str | Path | None = None, slices_per_subject: int = 32,
+                min_subjects_per_class: int = 2) -> Path:
     """The embedded synthetic dataset, generated on first use into the cache."""
     from simclr_ad import phantom
 
-    root = Path(cache_dir or default_cache_dir()) / f"phantom-n{n}-seed{seed}"
-    return phantom.write_dataset(root, n=n, seed=seed)
+    shape = ("" if slices_per_subject == 32 else f"-s{slices_per_subject}") + \
+        ("" if min_subjects_per_class == 2 else f"-m{min_subjects_per_class}")
+    root = Path(cache_dir or default_cache_dir()) / f"phantom-v{phantom.PHANTOM_VERSION}-n{n}{shape}-seed{seed}"
+    return phantom.write_dataset(root, n=n, seed=seed, slices_per_subject=slices_per_subject,
+                                 min_subjects_per_class=min_subjects_per_class)
+
+
+def phantom_dir_of(cfg) -> Path:
+    """``phantom_dir`` for a stage config's ``synth_*`` keys (the shape keys default as before they existed)."""
+    return phantom_dir(cfg.synth_n, cfg.synth_seed, cfg.cache_dir, getattr(cfg, "synth_slices", 32),
+                       getattr(cfg, "synth_min_subjects", 2))
 
 
 def load_dataset(cfg) -> ImageSet:
     """Scan and decode the dataset a stage config points at (``data_dir`` None: phantoms)."""
     if cfg.data_dir is None:
-        root = phantom_dir(cfg.synth_n, cfg.synth_seed, cfg.cache_dir)
+        root = phantom_dir_of(cfg)
         found = replace(scan(root), layout="synthetic")
     else:
         found = scan(cfg.data_dir, allow_absolute=cfg.allow_absolute_paths)

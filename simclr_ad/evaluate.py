@@ -79,6 +79,22 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes
     }
 
 
+def chance_levels(confusion: Sequence[Sequence[int]]) -> dict[str, float]:
+    """What the best constant prediction scores on a test split with this confusion matrix (rows = true).
+
+    Only the classes present (non-empty rows) count, as in ``classification_metrics``: with k of
+    them, balanced accuracy is 1/k whatever the constant; accuracy is the largest class share p;
+    macro-F1 is that class's F1, 2p/(1+p), over k (the other present classes score 0).
+    """
+    support = np.asarray(confusion, dtype=np.float64).sum(axis=1)
+    present = support[support > 0]
+    if len(present) == 0:
+        return {"accuracy": float("nan"), "balanced_accuracy": float("nan"), "macro_f1": float("nan")}
+    share = float(present.max() / present.sum())
+    return {"accuracy": share, "balanced_accuracy": 1.0 / len(present),
+            "macro_f1": 2 * share / (1 + share) / len(present)}
+
+
 def subject_level(probabilities: np.ndarray, y_true: np.ndarray, groups: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Average slice probabilities per subject; returns (subject true labels, subject predictions).
 

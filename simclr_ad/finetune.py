@@ -29,6 +29,7 @@ from simclr_ad.config import FinetuneConfig, config_to_dict, parse_config, repla
 from simclr_ad.data import class_key
 from simclr_ad.errors import UserError, friendly_errors
 from simclr_ad.models import build_classifier, init_backbone
+from simclr_ad.optim import cosine_with_warmup
 from simclr_ad.runlog import RECORD_FILES, RunLog, write_json
 
 
@@ -44,15 +45,32 @@ def task_labels(images: data.ImageSet, cfg: FinetuneConfig) -> tuple[list[str], 
     return list(cfg.binary_names), is_positive[images.labels].astype(np.int64)
 
 
+def epoch_batches(n: int, cfg: FinetuneConfig, rt: runtime.Runtime, epoch: int) -> list[torch.Tensor]:
+    """The epoch's batches of indices into the labelled subset; as many in every epoch."""
+    return [b for b in runtime.epoch_batches(n, cfg.batch_size, cfg.seed, epoch, rt, drop_last=False,
+                                             min_batches=cfg.min_steps_per_epoch)
+            if len(b) > 1]  # BatchNorm needs 2+ samples
+
+
+def build_scheduler(cfg: FinetuneConfig, optimizer, steps_per_epoch: int):
+    """ReduceLROnPlateau (stepped per epoch on the validation loss) or a per-step LambdaLR."""
+    if cfg.lr_schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.plateau_factor,
+                                                          patience=cfg.plateau_patience)
+    total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
+    if cfg.lr_schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_with_warmup(step, total, warmup))
+
+
 def train_one_epoch(model, images: torch.Tensor, labels: torch.Tensor, cfg: FinetuneConfig, rt: runtime.Runtime,
-                    optimizer, loss_fn, generator: torch.Generator, epoch: int) -> dict:
+                    optimizer, scheduler, loss_fn, generator: torch.Generator, epoch: int) -> dict:
     """One pass over the labelled subset with light augmentation; returns mean train loss."""
     model.train()
     if cfg.mode == "linear":
         model.backbone.eval()  # a linear probe must not move BN statistics either
-    batches = [b for b in runtime.epoch_batches(len(images), cfg.batch_size, cfg.seed, epoch, rt, drop_last=False,
-                                                min_batches=cfg.min_steps_per_epoch)
-               if len(b) > 1]  # BatchNorm needs 2+ samples
+    batches = epoch_batches(len(images), cfg, rt, epoch)
+    per_step = not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     total, count, started = 0.0, 0, time.perf_counter()
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False,
                disable=not (cfg.progress and rt.is_main), dynamic_ncols=True)
@@ -67,6 +85,8 @@ def train_one_epoch(model, images: torch.Tensor, labels: torch.Tensor, cfg: Fine
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if per_step:
+            scheduler.step()
         total += loss.item() * len(index)
         count += len(index)
         bar.set_postfix(loss=f"{total / count:.4f}", img_s=f"{count / (time.perf_counter() - started):.1f}")
@@ -124,14 +144,13 @@ def run(cfg: FinetuneConfig, images: data.ImageSet | None = None) -> Path:
     model = rt.prepare_model(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay, fused=True)  # 39 -> 18 ms/step, ResNet18
-    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.plateau_factor,
-                                                         patience=cfg.plateau_patience)
+    scheduler = build_scheduler(cfg, optimizer, len(epoch_batches(len(train_images), cfg, rt, 0)))
     weights = losses.class_weights(train_labels, len(classes)).to(rt.device) if cfg.class_weights else None
-    loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
     eval_loss = torch.nn.CrossEntropyLoss()
 
     # ---------------------------------------------------------------- resume
-    ckpt = checkpoint.restore(run_dir / "last.pt", model, optimizer, plateau, cfg.arch)
+    ckpt = checkpoint.restore(run_dir / "last.pt", model, optimizer, scheduler, cfg.arch)
     start_epoch = ckpt["epoch"] if ckpt else 0
     best = ckpt["extra"] if ckpt else {"best_metric": -1.0, "best_val_loss": float("inf"), "best_epoch": 0,
                                        "stale_epochs": 0}
@@ -143,9 +162,12 @@ def run(cfg: FinetuneConfig, images: data.ImageSet | None = None) -> Path:
             break
         torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout: resumable, reproducible
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        stats = train_one_epoch(model, train_images, train_labels, cfg, rt, optimizer, loss_fn, generator, epoch)
+        lr = optimizer.param_groups[0]["lr"]  # at the epoch's start (a per-step schedule moves it)
+        stats = train_one_epoch(model, train_images, train_labels, cfg, rt, optimizer, scheduler, loss_fn, generator,
+                                epoch)
         val, _ = evaluate_split(model, images.images[index["val"]], all_labels[index["val"]], cfg, rt, eval_loss, classes)
-        plateau.step(val["loss"])
+        if cfg.lr_schedule == "plateau":
+            scheduler.step(val["loss"])
         improved = val["balanced_accuracy"] > best["best_metric"] or (
             val["balanced_accuracy"] == best["best_metric"] and val["loss"] < best["best_val_loss"])
         if improved:
@@ -157,9 +179,9 @@ def run(cfg: FinetuneConfig, images: data.ImageSet | None = None) -> Path:
         else:
             best["stale_epochs"] += 1
         log.log({"epoch": epoch + 1, **stats, "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-                 "val_balanced_accuracy": val["balanced_accuracy"], "lr": optimizer.param_groups[0]["lr"]},
+                 "val_balanced_accuracy": val["balanced_accuracy"], "lr": lr},
                 step=epoch + 1)
-        checkpoint.save(checkpoint.make(model, optimizer, plateau, epoch + 1, epoch + 1, best["best_metric"],
+        checkpoint.save(checkpoint.make(model, optimizer, scheduler, epoch + 1, epoch + 1, best["best_metric"],
                                         config_to_dict(cfg), cfg.arch, best), run_dir / "last.pt")
 
     # ---------------------------------------------------------------- test, once, with the selected model

@@ -8,7 +8,7 @@ makes an image-level split leak, so the phantoms must reproduce it.
 
 Each subject draws its anatomy (head size, shape, pose, sulcal pattern), its
 acquisition (gain, bias field, noise, blur) and a continuous atrophy score
-``grade + N(0, 0.35)`` plus a normal-ageing term. The score enlarges the
+``grade + N(0, 0.1)`` plus a normal-ageing term. The score enlarges the
 ventricles, widens the sulci and the CSF rim, thins the cortex and shrinks the
 hippocampi. Each slice is rendered from a tissue label map, so the ground-truth
 atrophy mask is exact: the pixels that are CSF in this subject but tissue in
@@ -37,7 +37,20 @@ CLASS_SHARES = (0.50, 0.35, 0.14, 0.01)  # like the real Kaggle set: 3200/2240/8
 # Labels of the tissue map each slice is rendered from.
 BACKGROUND, SCALP, SKULL, CSF, GREY, WHITE, DEEP_GREY = range(7)
 
-_SCORE_SD = 0.35  # spread of the atrophy score around the grade: neighbouring grades overlap
+PHANTOM_VERSION = 2  # bump when the same arguments give other images: it keys the on-disk cache
+_SCORE_SD = 0.10  # spread of the atrophy score around the grade (v1: 0.35, which a CNN could not learn)
+# How much one unit of atrophy score changes each structure (v2; v1 in brackets). v1's effects were so
+# small next to the subjects' own anatomy that a supervised ResNet18 fit the training subjects and
+# scored 42-46 % balanced accuracy on held-out ones (issue: networks that learn).
+_ATROPHY = {
+    "brain_pull": 0.04,  # the brain surface pulls away from the skull (0.012)
+    "sulcal_widening": 1.5,  # sulci widen by this factor per unit (0.6)
+    "ventricle_widening": 1.5,  # lateral ventricles widen (0.6)
+    "hippocampal_shrink": 0.2,  # the hippocampus shrinks inside its fossa (0.11)
+}
+_VENTRICLE_LEVELS = 0.25  # width (in slice level) of the band where the lateral ventricles show (0.15)
+_VENTRICLE_SPREAD = 0.1  # subjects' natural ventricle size: 1 +- this (0.2)
+_AGEING = (0.1, 0.05)  # mean and sd of the grade-independent ageing term ((0.15, 0.1))
 _CHUNK = 8  # slices rendered together
 _LEVEL_STEP = 0.02  # slice-level change between adjacent slices: adjacent slices are near-duplicates
 
@@ -132,13 +145,14 @@ _SITE_SPECS = {
 }
 
 
-def _subject_counts(n_subjects: int) -> list[int]:
-    """Subjects per class: largest-remainder shares, with a floor so rare classes exist."""
+def _subject_counts(n_subjects: int, min_per_class: int = 2) -> list[int]:
+    """Subjects per class: largest-remainder shares, with a floor so rare classes exist
+    (``min_per_class`` from 40 subjects on, 1 from 4)."""
     shares = np.asarray(CLASS_SHARES) * n_subjects
     counts = np.floor(shares).astype(int)
     for idx in np.argsort(-(shares - counts), kind="stable")[: n_subjects - counts.sum()]:
         counts[idx] += 1
-    floor = 2 if n_subjects >= 40 else 1 if n_subjects >= 4 else 0
+    floor = min_per_class if n_subjects >= 40 else 1 if n_subjects >= 4 else 0
     for idx in range(len(CLASSES)):
         while counts[idx] < floor:
             counts[idx] += 1
@@ -151,7 +165,7 @@ def _draw_subject(rng: np.random.Generator, grade: int, n_slices: int) -> _Subje
     step = min(_LEVEL_STEP, 0.6 / max(n_slices - 1, 1))
     start = rng.uniform(0.1, max(0.1, 0.85 - step * (n_slices - 1)))
     # Ageing atrophy is independent of the grade, so a grade alone never fixes the score.
-    ageing = float(np.clip(rng.normal(0.15, 0.1), 0.0, 0.4))
+    ageing = float(np.clip(rng.normal(*_AGEING), 0.0, 0.4))
     score = max(0.0, grade + rng.normal(0.0, _SCORE_SD)) + ageing
     n_sulci = 2 * int(rng.integers(14, 19))
     intensities = np.array([
@@ -175,7 +189,7 @@ def _draw_subject(rng: np.random.Generator, grade: int, n_slices: int) -> _Subje
         sulcus_bend=np.stack([rng.uniform(10, 25, 3), rng.uniform(0, 2 * np.pi, 3)], axis=1),
         sulcus_width=rng.uniform(0.008, 0.012), sulcus_depths=rng.uniform(0.07, 0.2, n_sulci),
         sulcus_depth_phase=rng.uniform(0, 2 * np.pi, n_sulci),
-        ventricle_size=rng.uniform(0.8, 1.2), hippocampus_size=rng.uniform(0.9, 1.1),
+        ventricle_size=rng.uniform(1 - _VENTRICLE_SPREAD, 1 + _VENTRICLE_SPREAD), hippocampus_size=rng.uniform(0.9, 1.1),
         intensities=intensities, gain=rng.uniform(0.85, 1.1), bias=rng.normal(0, 0.12, 5),
         noise=rng.uniform(0.012, 0.035), blur=rng.uniform(0.5, 0.9),
     )
@@ -296,7 +310,7 @@ def _label_map(p: _Subject, plane: _Plane, slab: _Slab, score: float, detail: bo
     """
     rho, levels, sites = slab.rho, slab.levels, plane.sites
     skull_inner = 1 - p.scalp - p.skull
-    brain_surface = skull_inner - p.csf_rim - 0.012 * score  # the brain pulls away from the skull
+    brain_surface = skull_inner - p.csf_rim - _ATROPHY['brain_pull'] * score  # the brain pulls away from the skull
     along = np.float32(brain_surface) - rho  # depth below the brain surface
     # Sulci: CSF within a half width of the axis, down to the sulcus' depth (rounded bottom);
     # deep sulci (the fissures) are wider, and all widen with atrophy. In-place steps: this
@@ -307,7 +321,7 @@ def _label_map(p: _Subject, plane: _Plane, slab: _Slab, score: float, detail: bo
     dist *= dist
     dist += slab.lateral_sq
     np.sqrt(dist, out=dist)
-    dist -= np.float32(p.sulcus_width * (1 + 0.6 * score)) * slab.width
+    dist -= np.float32(p.sulcus_width * (1 + _ATROPHY['sulcal_widening'] * score)) * slab.width
     np.minimum(dist, along, out=dist)
     # WHITE - 1 is GREY and GREY - 1 is CSF, so labels are arithmetic on the distance to CSF.
     # Without detail there is no grey ribbon (depth 0), so CSF is still WHITE - 2.
@@ -330,14 +344,14 @@ def _label_map(p: _Subject, plane: _Plane, slab: _Slab, score: float, detail: bo
     _paint(labels, DEEP_GREY, sites["midbrain"], 0.14 * low, 0.12 * low)
 
     # Lateral ventricles: two crescents ")(", closest at the septum, the horns diverging and bulbous.
-    presence = _bump(levels, 0.55, 0.15)
+    presence = _bump(levels, 0.55, _VENTRICLE_LEVELS)
     presence = np.where(presence < 0.2, 0.0, presence) * p.ventricle_size  # none near the vertex
     site = sites["ventricles"]
     if site is not None:
         flare = 1 + 0.8 * (site.dv / 0.3) ** 2
         for side in (-1, 1):
             bent = (site.du - side * (0.05 * (1 + 0.15 * score) + 0.9 * site.dv**2)) / flare
-            _paint(labels, CSF, site, 0.04 * presence * (1 + 0.6 * score),
+            _paint(labels, CSF, site, 0.04 * presence * (1 + _ATROPHY['ventricle_widening'] * score),
                    0.30 * np.sqrt(presence) * (1 + 0.10 * score), du=bent)
     third = _bump(levels, 0.4, 0.1)
     _paint(labels, CSF, sites["third_ventricle"], 0.012 * third * (1 + 0.6 * score), 0.10 * third)
@@ -346,7 +360,7 @@ def _label_map(p: _Subject, plane: _Plane, slab: _Slab, score: float, detail: bo
     # and the gap fills with CSF (the enlarged temporal horn of Alzheimer's disease).
     temporal = np.clip((0.45 - levels) / 0.15, 0, 1) * p.hippocampus_size
     long_axis, short_axis = 0.14 * np.sqrt(temporal), 0.055 * temporal
-    shrink = max(0.3, 1 - 0.11 * score)
+    shrink = max(0.3, 1 - _ATROPHY['hippocampal_shrink'] * score)
     for side in ("-1", "+1"):
         _paint(labels, CSF, sites["hippocampus" + side], 1.12 * short_axis, 1.06 * long_axis)
         _paint(labels, GREY, sites["hippocampus" + side], shrink * short_axis, shrink * long_axis)
@@ -417,12 +431,15 @@ def _render(p: _Subject, size: int, rng: np.random.Generator) -> tuple[np.ndarra
     return images, masks
 
 
-def generate(n: int, seed: int = 0, size: int = 128, slices_per_subject: int = 32) -> Phantoms:
-    """Generate ``n`` phantom slices, deterministic in all four arguments.
+def generate(n: int, seed: int = 0, size: int = 128, slices_per_subject: int = 32,
+             min_subjects_per_class: int = 2) -> Phantoms:
+    """Generate ``n`` phantom slices, deterministic in all five arguments.
 
     Subjects hold ``slices_per_subject`` consecutive slices (fewer when ``n`` is small,
     so that there are at least about 8 subjects; the last subject may be shorter).
-    Classes are balanced at the subject level following CLASS_SHARES.
+    Classes are balanced at the subject level following CLASS_SHARES, with at least
+    ``min_subjects_per_class`` subjects per class once there are 40 subjects (the Kaggle set's
+    Moderate class has 2: a network cannot learn a class from the one that lands in train).
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -433,7 +450,7 @@ def generate(n: int, seed: int = 0, size: int = 128, slices_per_subject: int = 3
     per_subject = max(1, min(slices_per_subject, n // 8))
     n_subjects = -(-n // per_subject)
     rng = np.random.default_rng(seed)
-    grades = rng.permutation(np.repeat(np.arange(len(CLASSES)), _subject_counts(n_subjects)))
+    grades = rng.permutation(np.repeat(np.arange(len(CLASSES)), _subject_counts(n_subjects, min_subjects_per_class)))
     subject_seeds = rng.integers(0, 2**63, size=n_subjects)
 
     images = np.empty((n, size, size), dtype=np.uint8)
@@ -453,7 +470,7 @@ def generate(n: int, seed: int = 0, size: int = 128, slices_per_subject: int = 3
 
 
 def write_dataset(out_dir: str | Path, n: int, seed: int = 0, size: int = 128,
-                  slices_per_subject: int = 32) -> Path:
+                  slices_per_subject: int = 32, min_subjects_per_class: int = 2) -> Path:
     """Write phantoms as class folders plus ``masks/`` and ``manifest.csv``; reuse a finished one.
 
     Everything is written to a per-process ``<out_dir>.partial-<pid>`` and renamed at the
@@ -474,7 +491,8 @@ def write_dataset(out_dir: str | Path, n: int, seed: int = 0, size: int = 128,
         out_dir.rmdir()  # empty: the rename below takes its place
     partial = out_dir.with_name(f"{out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)  # left over from an interrupted run with our pid
-    data = generate(n, seed=seed, size=size, slices_per_subject=slices_per_subject)
+    data = generate(n, seed=seed, size=size, slices_per_subject=slices_per_subject,
+                    min_subjects_per_class=min_subjects_per_class)
     for name in CLASSES:
         (partial / name).mkdir(parents=True)
         (partial / "masks" / name).mkdir(parents=True)

@@ -14,6 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 _IMAGE_LEVEL = "image"
+REFERENCE_MODE = "reference"  # rows of reference baselines (simclr_ad.baselines)
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -88,6 +89,8 @@ def label_efficiency_figure(rows: Sequence[Mapping], metric: str = "balanced_acc
     ``<metric>_mean`` and ``<metric>_ci95`` (blank/None for one seed: no band); the
     metric is a score in [0, 1], the y range, to which the bands are clipped.
     With several protocols each arm gets one line per protocol, image-level dashed.
+    Rows whose mode is "reference" are baselines, drawn grey without a band; the chance
+    level of each protocol's test split (``chance_<metric>``) is a dotted line.
     """
     protocols = sorted({str(r.get("protocol")) for r in rows})
     lines: dict[tuple[str, str, str], list[tuple[float, float, float]]] = {}
@@ -104,13 +107,22 @@ def label_efficiency_figure(rows: Sequence[Mapping], metric: str = "balanced_acc
     for (protocol, init, mode), points in sorted(lines.items()):
         points.sort()
         fracs, means, cis = (np.array(v) for v in zip(*points))
-        colour = colours.setdefault((init, mode), f"C{len(colours) % 10}")
-        label = arm_label(init, mode) + (f" [{protocol}]" if len(protocols) > 1 else "")
+        suffix = f" [{protocol}]" if len(protocols) > 1 else ""
         style = "--" if protocol == _IMAGE_LEVEL and len(protocols) > 1 else "-"
-        ax.plot(fracs, means, style, marker="o", color=colour, label=label)
+        if mode == REFERENCE_MODE:  # a baseline to beat: grey, no band
+            ax.plot(fracs, means, style, marker="s", color="0.45", label=f"{init}{suffix}", linewidth=1)
+            continue
+        colour = colours.setdefault((init, mode), f"C{len(colours) % 10}")
+        ax.plot(fracs, means, style, marker="o", color=colour, label=arm_label(init, mode) + suffix)
         # scores live in [0, 1]; a few-seed t interval can reach beyond, which means nothing
         ax.fill_between(fracs, np.clip(means - cis, 0, 1), np.clip(means + cis, 0, 1), color=colour, alpha=0.18,
                         linewidth=0)
+    for protocol in protocols:
+        chance = max((_number(r.get(f"chance_{metric}")) for r in rows if str(r.get("protocol")) == protocol),
+                     default=float("nan"))
+        if not math.isnan(chance):
+            ax.axhline(chance, color="0.3", linestyle=":", linewidth=1,
+                       label="chance" + (f" [{protocol}]" if len(protocols) > 1 else ""))
     ax.set_xscale("log")
     all_fracs = sorted({f for points in lines.values() for f, _, _ in points})
     if all_fracs:
@@ -130,8 +142,10 @@ def label_efficiency_figure(rows: Sequence[Mapping], metric: str = "balanced_acc
 
 def gradcam_grid_figure(images: np.ndarray, cams_by_arm: Mapping[str, np.ndarray], true: Sequence[int] | None,
                         pred_by_arm: Mapping[str, Sequence[int]], classes: Sequence[str],
-                        title: str | None = None) -> Figure:
+                        title: str | None = None, masks: np.ndarray | None = None) -> Figure:
     """One row per image: the image, then each arm's CAM over it, titled true / predicted label.
+
+    ``masks`` (bool [N,H,W], e.g. the phantoms' atrophy masks) are drawn as a green contour on every panel.
 
     Args:
         images: float [N,H,W] (or [N,1,H,W]) in [0,1] (``gradcam.display_image``).
@@ -157,6 +171,10 @@ def gradcam_grid_figure(images: np.ndarray, cams_by_arm: Mapping[str, np.ndarray
             axes[i, j].imshow(np.asarray(cams_by_arm[arm][i]), cmap="jet", alpha=0.45, vmin=0, vmax=1)
             axes[i, j].set_title(f"{arm}\npred: {classes[predicted]}", fontsize=8,
                                  color="red" if true is not None and predicted != int(true[i]) else "black")
+        if masks is not None and np.asarray(masks[i]).any():
+            for j in range(cols):
+                axes[i, j].contour(np.asarray(masks[i], dtype=np.float32), levels=[0.5], colors="lime",
+                                   linewidths=0.6)
     for ax in axes.flat:
         ax.set_axis_off()
     if title:

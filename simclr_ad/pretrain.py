@@ -8,6 +8,8 @@ cosine schedule with warmup, 100 epochs. Re-running the same command resumes.
 """
 from __future__ import annotations
 
+import functools
+
 import time
 from pathlib import Path
 
@@ -85,8 +87,9 @@ def train_one_epoch(model, images: torch.Tensor, batches: list[torch.Tensor], cf
                     groups: torch.Tensor | None = None) -> dict:
     """Train over this rank's ``batches``; returns the epoch's averages.
 
-    With ``groups`` (cfg.positives == "subject"), each image's positive is a view of another
-    slice of its group rather than a second view of itself.
+    ``groups`` (a group id per pool image) serves cfg.positives == "subject", where each image's
+    positive is a view of another slice of its group rather than a second view of itself, and
+    cfg.negatives == "other_subjects", where its group-mates are no negatives.
     """
     model.train()
     total_loss, n_steps, n_images = 0.0, 0, 0
@@ -95,13 +98,14 @@ def train_one_epoch(model, images: torch.Tensor, batches: list[torch.Tensor], cf
     started = time.perf_counter()
     for i in range(start_batch, len(batches)):
         batch = images[batches[i]].to(rt.device, non_blocking=True)
-        partners = None if groups is None else \
+        partners = None if cfg.positives == "views" else \
             images[subject_partners(batches[i], groups, generator)].to(rt.device, non_blocking=True)
         x0, x1 = augment.two_views(batch, cfg.image_size, cfg, generator, partners)
         if log is not None and epoch == 0 and i == 0 and log.writer is not None:
             pairs = torch.stack([x0[:8], x1[:8]], dim=1).flatten(0, 1).float() * augment.STD + augment.MEAN
             log.writer.add_image("views/pairs", torchvision.utils.make_grid(pairs.clamp(0, 1).cpu(), nrow=8), 0)
-        loss = simclr_step(model, rt.to_input(x0), rt.to_input(x1), loss_fn, optimizer, rt,
+        step_loss = loss_fn if cfg.negatives == "all" else functools.partial(loss_fn, groups=groups[batches[i]])
+        loss = simclr_step(model, rt.to_input(x0), rt.to_input(x1), step_loss, optimizer, rt,
                            where=f"epoch {epoch + 1}, step {scheduler.last_epoch + 1}")
         scheduler.step()
         total_loss += float(loss)
@@ -158,7 +162,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     # ---------------------------------------------------------------- data
     if cfg.data_dir is None and rt.is_main:  # under torchrun, one rank writes the phantom set
-        data.phantom_dir(cfg.synth_n, cfg.synth_seed, cfg.cache_dir)
+        data.phantom_dir_of(cfg)
     runtime.barrier()
     images = data.load_dataset(cfg)
     split = splits.splits_for(cfg, images)
@@ -168,7 +172,7 @@ def main(argv: list[str] | None = None) -> Path:
     if rt.device.type == "cuda":
         pool = pool.to(rt.device)  # the uint8 cache is small: keep it next to the model
     groups = (torch.from_numpy(splits.label_free_groups(images.subset(pretrain_idx)))
-              if cfg.positives == "subject" else None)
+              if cfg.positives == "subject" or cfg.negatives == "other_subjects" else None)
     monitor_bank, monitor_query = images.subset(train_idx), images.subset(images.indices_of(split["val"]))
     batches_per_epoch = len(pool) // (cfg.batch_size * rt.world_size)
     if batches_per_epoch == 0:
@@ -190,7 +194,13 @@ def main(argv: list[str] | None = None) -> Path:
         optim.base_optimizer(optimizer),
         lambda step: optim.cosine_with_warmup(step, total_steps, batches_per_epoch * cfg.warmup_epochs,
                                               cfg.min_lr_ratio))
-    loss_fn = losses.nt_xent(cfg.temperature, distributed=rt.distributed)
+    if cfg.negatives == "all":
+        loss_fn = losses.nt_xent(cfg.temperature, distributed=rt.distributed)
+    elif rt.distributed:
+        raise UserError("--negatives other_subjects is single-process for now (negatives are not gathered "
+                        "across ranks); run without torchrun or with --negatives all")
+    else:
+        loss_fn = functools.partial(losses.nt_xent_masked, temperature=cfg.temperature)
 
     # ---------------------------------------------------------------- resume
     last = run_dir / "checkpoints" / "last.pt"

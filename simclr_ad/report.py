@@ -39,7 +39,7 @@ import torch
 import yaml
 from scipy import stats
 
-from simclr_ad import augment, gradcam, plots
+from simclr_ad import augment, evaluate, gradcam, plots
 from simclr_ad.checkpoint import atomic_write_bytes, atomic_write_text
 from simclr_ad.errors import UserError, friendly_errors
 from simclr_ad.runlog import RECORD_FILES, read_records
@@ -49,9 +49,10 @@ SUBJECT_METRICS = tuple(f"subject_{m}" for m in METRICS)
 METRIC_TITLES = {"balanced_accuracy": "Balanced accuracy", "accuracy": "Accuracy", "macro_f1": "Macro-F1"}
 PROTOCOL_ORDER = ("subject", "auto", "default", "image")  # grouped protocols first: they are the honest ones
 INIT_ORDER = ("simclr", "imagenet", "random")
-MODE_ORDER = ("finetune", "linear")
+MODE_ORDER = ("finetune", "linear", "reference")
+REFERENCE_MODE = plots.REFERENCE_MODE  # the mode of simclr_ad.baselines' runs
 SETTING_KEYS = ("arch", "image_size", "epochs", "task", "data", "pretrain_on", "encoder_sha256")  # agree within a cell
-DATA_KEYS = ("data_dir", "synth_n", "synth_seed", "image_size", "cache_dir")
+DATA_KEYS = ("data_dir", "synth_n", "synth_seed", "synth_slices", "synth_min_subjects", "image_size", "cache_dir")
 
 
 class ReportError(UserError):
@@ -169,7 +170,25 @@ def _sort_key(protocol: str, init: str, mode: str, frac: float = 0.0) -> tuple:
 
 def summary_columns() -> list[str]:
     return ["protocol", "init", "mode", "label_frac", "n_seeds",
-            *[f"{m}_{s}" for m in (*METRICS, *SUBJECT_METRICS) for s in ("mean", "std", "ci95")]]
+            *[f"{m}_{s}" for m in (*METRICS, *SUBJECT_METRICS, "val_balanced_accuracy") for s in ("mean", "std", "ci95")],
+            *[f"chance_{m}" for m in (*METRICS, *SUBJECT_METRICS)]]
+
+
+def is_reference(row_or_mode: dict | str) -> bool:
+    """A reference baseline (simclr_ad.baselines), not a trained arm."""
+    mode = row_or_mode if isinstance(row_or_mode, str) else row_or_mode["mode"]
+    return mode == REFERENCE_MODE
+
+
+def chance_of(run: Run) -> dict[str, float]:
+    """Chance levels of the run's test split (slice and, where recorded, subject level)."""
+    if not run.metrics.get("confusion_matrix"):
+        return {}
+    out = {f"chance_{k}": v for k, v in evaluate.chance_levels(run.metrics["confusion_matrix"]).items()}
+    if run.metrics.get("subject_confusion_matrix"):
+        out.update({f"chance_subject_{k}": v
+                    for k, v in evaluate.chance_levels(run.metrics["subject_confusion_matrix"]).items()})
+    return out
 
 
 def _cells(runs: Iterable[Run]) -> dict[tuple[str, str, str, float], list[Run]]:
@@ -185,10 +204,12 @@ def summarise(runs: Iterable[Run]) -> list[dict[str, Any]]:
     for (protocol, init, mode, frac), members in _cells(r for r in runs if r.complete).items():
         row: dict[str, Any] = {"protocol": protocol, "init": init, "mode": mode, "label_frac": frac,
                                "n_seeds": len(members)}
-        for metric in (*METRICS, *SUBJECT_METRICS):
+        for metric in (*METRICS, *SUBJECT_METRICS, "val_balanced_accuracy"):
             values = [float(r.metrics[metric]) for r in members if isinstance(r.metrics.get(metric), (int, float))]
             mean, std, ci = mean_std_ci95(values) if values else ("", "", "")
             row.update({f"{metric}_mean": mean, f"{metric}_std": std, f"{metric}_ci95": "" if ci is None else ci})
+        row.update({f"chance_{m}": "" for m in (*METRICS, *SUBJECT_METRICS)})
+        row.update(chance_of(members[0]))  # one split per protocol: every member has the same test set
         rows.append(row)
     return rows
 
@@ -248,7 +269,7 @@ def confusion_figures(runs: Sequence[Run]) -> dict[str, bytes]:
     n_seeds x the test set, and the sum's row-normalised panel equals the mean of the
     seeds' per-class recalls. (_<protocol> is added only when several protocols exist.)
     """
-    complete = [r for r in runs if r.complete]
+    complete = [r for r in runs if r.complete and not is_reference(r.mode)]  # baselines: see their tables
     several = len({r.protocol for r in complete}) > 1
     figures = {}
     for (protocol, init, mode, frac), members in _cells(complete).items():
@@ -339,6 +360,12 @@ def _dataset(run: Run, cache: dict):
     return cache[key]
 
 
+def _resized_masks(masks: torch.Tensor, size: int) -> np.ndarray:
+    """Masks [N,H,W] at the model's input size (nearest), as the CAMs are."""
+    resized = torch.nn.functional.interpolate(masks[:, None].float(), size=(size, size), mode="nearest")
+    return resized[:, 0].numpy() > 0.5
+
+
 def _localisation(cams: np.ndarray, masks: torch.Tensor) -> dict[str, float]:
     """Mean localisation score over images with a non-empty mask, the chance level, and their count."""
     scores = [gradcam.localisation_score(c, m) for c, m in zip(cams, masks)]
@@ -383,7 +410,8 @@ def _cam_one_fraction(runs: Sequence[Run], protocol: str, frac: float, per_class
         study.rows.append({**row, **(_localisation(cams[arm], masks) if masks is not None else {})})
     title = f"Grad-CAM at {percent_labels(frac)} labels ({protocol}; seeds {arms['simclr'].seed}/{arms['random'].seed})"
     study.figures[f"gradcam_{frac:g}.png"] = png_bytes(
-        plots.gradcam_grid_figure(gradcam.display_image(inputs), cams, true, preds, classes, title))
+        plots.gradcam_grid_figure(gradcam.display_image(inputs), cams, true, preds, classes, title,
+                                  masks=None if masks is None else _resized_masks(masks, size)))
 
 
 def gradcam_study(runs: Sequence[Run], per_class: int) -> CamStudy:
@@ -524,29 +552,80 @@ def _fracs(rows: Sequence[dict]) -> list[float]:
     return sorted({float(r["label_frac"]) for r in rows})
 
 
+def best_reference(rows: Sequence[dict], frac: float) -> dict | None:
+    """The reference baseline a network must beat at ``frac``: highest validation balanced accuracy."""
+    refs = [r for r in rows if is_reference(r) and math.isclose(float(r["label_frac"]), frac)
+            and r.get("val_balanced_accuracy_mean") not in ("", None)]
+    return max(refs, key=lambda r: (float(r["val_balanced_accuracy_mean"]), r["init"]), default=None)
+
+
+def plot_rows(rows: Sequence[dict]) -> list[dict]:
+    """The trained arms, plus per protocol and fraction the best reference baseline as one line."""
+    out = [r for r in rows if not is_reference(r)]
+    for protocol in {r["protocol"] for r in rows}:
+        mine = [r for r in rows if r["protocol"] == protocol]
+        for frac in _fracs(mine):
+            ref = best_reference(mine, frac)
+            if ref:
+                out.append({**ref, "init": "best reference (chosen on val)"})
+    return out
+
+
 def _results_tables(doc: Document, rows: Sequence[dict]) -> None:
-    """Per protocol and metric: label fraction x arm, slice level with subject level beside it."""
+    """Per protocol and metric: label fraction x arm, slice level with subject level beside it,
+    then the best reference baseline (chosen on validation) and the test split's chance level."""
     for protocol in sorted({r["protocol"] for r in rows}, key=lambda p: _sort_key(p, "", "")):
         mine = [r for r in rows if r["protocol"] == protocol]
         by_cell = {(r["init"], r["mode"], float(r["label_frac"])): r for r in mine}
         subject = any(r["subject_balanced_accuracy_mean"] != "" for r in mine)
         n_full = max(r["n_seeds"] for r in mine)
-        arms = _arms(mine)
-        header = ["labels"] + [f"{plots.arm_label(*a)}{' (slice)' if subject else ''}" for a in arms] + \
-            ([f"{plots.arm_label(*a)} (subject)" for a in arms] if subject else [])
+        arms = [a for a in _arms(mine) if not is_reference(a[1])]
+        levels = ["", "subject_"] if subject else [""]
+        header = ["labels"] + [f"{plots.arm_label(*a)}{' (subject)' if level else (' (slice)' if subject else '')}"
+                               for level in levels for a in arms] + \
+            [f"{name}{' (subject)' if level else (' (slice)' if subject else '')}"
+             for level in levels for name in ("best reference", "chance")]
         for metric in ("balanced_accuracy", "accuracy", "macro_f1"):
             doc.heading(3, f"{METRIC_TITLES[metric]}, protocol group_by={protocol} (%, mean ± 95% CI over seeds)")
             table = []
             for frac in _fracs(mine):
                 cells = [by_cell.get((*a, frac)) for a in arms]
-                line = [percent_labels(frac)] + [
-                    _percent(c[f"{metric}_mean"], c[f"{metric}_ci95"], c["n_seeds"], n_full) if c else "–"
-                    for c in cells]
-                if subject:
-                    line += [_percent(c[f"subject_{metric}_mean"], c[f"subject_{metric}_ci95"], c["n_seeds"],
-                                      n_full) if c else "–" for c in cells]
+                ref = best_reference(mine, frac)
+                any_row = next((r for r in mine if math.isclose(float(r["label_frac"]), frac)), {})
+                line = [percent_labels(frac)]
+                for level in levels:
+                    line += [_percent(c[f"{level}{metric}_mean"], c[f"{level}{metric}_ci95"], c["n_seeds"], n_full)
+                             if c else "–" for c in cells]
+                for level in levels:
+                    line += [f"{ref['init']}: {_percent(ref[f'{level}{metric}_mean'], ref[f'{level}{metric}_ci95'], ref['n_seeds'], n_full)}"
+                             if ref else "–", _fixed_percent(any_row.get(f"chance_{level}{metric}"))]
                 table.append(line)
             doc.table(header, table)
+        _reference_table(doc, mine, protocol)
+
+
+def _fixed_percent(value: Any) -> str:
+    return "–" if value in ("", None) or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
+
+
+def _reference_table(doc: Document, rows: Sequence[dict], protocol: str) -> None:
+    """Every reference baseline's test balanced accuracy (validation in brackets) per label fraction."""
+    refs = sorted({r["init"] for r in rows if is_reference(r)})
+    if not refs:
+        doc.para(f"No reference baselines for group_by={protocol}: run `python -m simclr_ad.baselines` on the same "
+                 "split to see what a network must beat.")
+        return
+    by_cell = {(r["init"], float(r["label_frac"])): r for r in rows if is_reference(r)}
+    doc.heading(3, f"Reference baselines, group_by={protocol}: test balanced accuracy % [validation]")
+    table = []
+    for frac in _fracs(rows):
+        line = [percent_labels(frac)]
+        for name in refs:
+            r = by_cell.get((name, frac))
+            line.append(f"{_fixed_percent(r['balanced_accuracy_mean'])} [{_fixed_percent(r['val_balanced_accuracy_mean'])}]"
+                        if r else "–")
+        table.append(line)
+    doc.table(["labels", *refs], table)
 
 
 def _inflation_tables(doc: Document, rows: Sequence[dict]) -> None:
@@ -874,7 +953,7 @@ def main(argv: list[str] | None = None) -> Path:
         copy_run_records(runs, args.runs, out / "runs")
 
     # ---------------------------------------------------------------- figures
-    figures = {"label_efficiency.png": png_bytes(plots.label_efficiency_figure(rows)),
+    figures = {"label_efficiency.png": png_bytes(plots.label_efficiency_figure(plot_rows(rows))),
                "val_curves.png": png_bytes(plots.curves_figure(validation_curves(runs), "fine-tuning epoch",
                                                                "validation balanced accuracy",
                                                                "validation curve at the largest label fraction"))}

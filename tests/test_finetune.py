@@ -200,3 +200,35 @@ def test_finished_run_never_touches_the_test_split_again(arms, encoder, capsys):
                    "--encoder", str(encoder)])
     assert "already finished" in capsys.readouterr().out
     assert (run_dir / "metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_cosine_schedule_warms_up_then_decays_per_step():
+    from simclr_ad.config import FinetuneConfig
+    from simclr_ad.optim import cosine_with_warmup
+
+    cfg = FinetuneConfig(epochs=3, lr=0.1, lr_schedule="cosine", warmup_epochs=1)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    scheduler = finetune.build_scheduler(cfg, optimizer, steps_per_epoch=4)
+    seen = []
+    for _ in range(12):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert seen[:4] == pytest.approx([0.025, 0.05, 0.075, 0.1])  # linear warmup over the first epoch
+    assert seen == pytest.approx([0.1 * cosine_with_warmup(s, 12, 4) for s in range(12)])
+    assert seen[-1] < 0.01 and all(a >= b for a, b in zip(seen[3:], seen[4:]))  # then down towards zero
+    plateau = finetune.build_scheduler(FinetuneConfig(), optimizer, steps_per_epoch=4)
+    assert isinstance(plateau, torch.optim.lr_scheduler.ReduceLROnPlateau)  # the paper recipe's default
+
+
+def test_cosine_run_logs_the_epochs_starting_lr_and_resumes_it(tmp_path):
+    out = tmp_path / "cos"
+    args = ["--config", TINY, "--out", str(out), "--init", "random", "--lr", "0.01", "--lr-schedule", "cosine",
+            "--warmup-epochs", "1", "--label-smoothing", "0.1", "--dropout", "0"]
+    finetune.main(args + ["--epochs", "2"])
+    (out / "metrics.json").unlink()  # as if killed after epoch 2 of 3
+    finetune.main(args + ["--epochs", "3"])
+    from simclr_ad.runlog import read_records
+
+    lrs = [r["lr"] for r in read_records(out / "metrics.jsonl")]
+    assert len(lrs) == 3 and lrs[0] < lrs[1] and lrs[2] < lrs[1]

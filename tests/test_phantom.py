@@ -199,3 +199,24 @@ def test_write_dataset_takes_an_empty_directory(tmp_path):
     (tmp_path / "phantoms").mkdir()
     out = write_dataset(tmp_path / "phantoms", n=16, seed=0, size=32)
     assert (out / "manifest.csv").is_file()
+
+
+def test_rare_class_floor_is_a_parameter():
+    assert phantom._subject_counts(200) == [100, 70, 28, 2]  # the Kaggle set's subject counts
+    counts = phantom._subject_counts(100, min_per_class=5)
+    assert sum(counts) == 100 and min(counts) == 5 and counts[0] == max(counts)
+    data = generate(160, seed=0, size=32, slices_per_subject=4, min_subjects_per_class=5)  # 40 subjects
+    subjects = np.asarray(data.subjects)
+    per_class = [len(np.unique(subjects[data.labels == g])) for g in range(len(CLASSES))]
+    assert min(per_class) == 5 and sum(per_class) == 40
+
+
+def test_cache_dir_names_the_generator_version_and_shape(tmp_path):
+    from simclr_ad import data
+
+    plain = data.phantom_dir(64, 0, tmp_path)
+    shaped = data.phantom_dir(64, 0, tmp_path, slices_per_subject=4, min_subjects_per_class=3)
+    assert plain.name == f"phantom-v{phantom.PHANTOM_VERSION}-n64-seed0"
+    assert shaped.name == f"phantom-v{phantom.PHANTOM_VERSION}-n64-s4-m3-seed0"
+    with open(shaped / "manifest.csv", newline="") as f:
+        assert len({row["subject"] for row in csv.DictReader(f)}) == 16
