@@ -98,3 +98,22 @@ def test_subject_positives_pretrain_runs(tmp_path):
                          "--positives", "subject"])
     (line,) = _lines(out)
     assert line["n_groups"] >= 4 and line["loss"] > 0  # phantoms carry subject ids: one group per subject
+
+
+def test_masked_negatives_get_each_batchs_subject_ids(tmp_path, monkeypatch):
+    from simclr_ad import losses
+
+    calls = []
+    real = losses.nt_xent_masked
+
+    def spy(z0, z1, groups, temperature):
+        calls.append(groups.clone())
+        return real(z0, z1, groups, temperature)
+
+    monkeypatch.setattr(losses, "nt_xent_masked", spy)
+    out = pretrain.main(["--config", TINY, "--out", str(tmp_path / "masked"), "--epochs", "1", "--knn-every", "0",
+                         "--negatives", "other_subjects"])
+    lines = _lines(out)
+    assert lines[-1]["n_groups"] >= 2  # phantom subject ids are known: they are the groups
+    assert calls and all(len(g) == 32 for g in calls)  # one group id per sample of each batch
+    assert any(len(torch.unique(g)) < len(g) for g in calls)  # a batch does hold same-subject slices
