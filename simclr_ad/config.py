@@ -52,7 +52,7 @@ class CommonConfig:
     batch_size: int = 64
     out: Optional[str] = None
     device: str = "auto"  # auto|cpu|cuda
-    precision: str = "auto"  # auto (bf16 on CPU/CUDA when supported)|bf16|fp16|fp32
+    precision: str = "auto"  # auto (bf16 on CUDA and on fast-bf16 CPUs, see runtime.host_class)|bf16|fp16|fp32
     channels_last: bool = True
     small_map_gemm: bool = True  # CPU: convs on 2x2 outputs and small or strided 1x1 ones as GEMMs, see smallconv.py
     deterministic: bool = False
