@@ -127,6 +127,7 @@ class PretrainConfig(AugmentConfig, CommonConfig):
     knn_t: float = 0.1
     knn_every: int = 1  # epochs between kNN monitor evaluations; 0 disables it
     checkpoint_every_steps: int = 0  # also save mid-epoch every N steps; 0: once per epoch
+    sam_every: int = 1  # SAM's two passes every N-th step, one pass reusing its direction between (LookSAM); 1: full SAM
 
     def __post_init__(self) -> None:
         CommonConfig.__post_init__(self)
@@ -139,6 +140,7 @@ class PretrainConfig(AugmentConfig, CommonConfig):
         _check(self.init in ("random", "imagenet") or _is_path_like(self.init), "init",
                "must be random, imagenet or a path to a state_dict")
         _check(self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
+        _check(self.sam_every >= 1, "sam_every", "must be >= 1 (1: full SAM)")
 
 
 @dataclass(frozen=True)
