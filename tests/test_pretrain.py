@@ -213,3 +213,12 @@ def test_sam_every_k_resumes_mid_cycle_exactly(one_torch_thread):
 def test_sam_every_is_checked():
     with pytest.raises(ConfigError, match="'sam_every' must be >= 1"):
         PretrainConfig(sam_every=0)
+
+
+def test_looksam_pretrain_runs_and_its_checkpoint_keeps_the_cycle(tmp_path):
+    out = tmp_path / "run"
+    pretrain.main(["--config", TINY, "--out", str(out), "--epochs", "1", "--knn-every", "0", "--sam-every", "2"])
+    ckpt = checkpoint.load(out / "checkpoints" / "last.pt")
+    assert ckpt["config"]["sam_every"] == 2
+    assert ckpt["optimizer"]["sam_steps"] == ckpt["step"] > 0  # resume continues the cycle where it stopped
+    assert any("sam_gv" in state for state in ckpt["optimizer"]["state"].values())
