@@ -24,7 +24,10 @@ from torch import nn
 class SAM(torch.optim.Optimizer):
     """Sharpness-aware minimisation wrapping ``base_optimizer_cls(params, **kwargs)``.
 
-    The LR schedule attaches to ``.base_optimizer``; ``state_dict`` is the base optimizer's.
+    The LR schedule attaches to ``.base_optimizer``; ``state_dict`` is the base optimizer's
+    (with LookSAM, ``every`` > 1, also its step count; its g_v lives in the base state).
+    A caller asks ``perturbs_this_step``: if true, first_step / second pass / second_step,
+    else one pass and ``reuse_step``. ``step(closure)`` always takes the two passes.
     """
 
     def __init__(self, params, base_optimizer_cls: type, rho: float = 2.0, adaptive: bool = True,
@@ -114,11 +117,9 @@ class SAM(torch.optim.Optimizer):
         pairs = [(p, state[p]["sam_gv"]) for g in self.param_groups for p in g["params"]
                  if p.grad is not None and "sam_gv" in state.get(p, {})]
         if pairs:
-            g_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p, _ in pairs]))
-            v_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(v) for _, v in pairs]))
-            scale = self.alpha * g_norm / (v_norm + 1e-12)
-            for p, v in pairs:
-                p.grad.add_(v * scale)
+            grads, directions = [p.grad for p, _ in pairs], [v for _, v in pairs]
+            g_norm, v_norm = torch.nn.utils.get_total_norm(grads), torch.nn.utils.get_total_norm(directions)
+            torch._foreach_add_(grads, directions, alpha=float(self.alpha * g_norm / (v_norm + 1e-12)))
         self.base_optimizer.step()
         self.steps += 1
         if zero_grad:
