@@ -1,20 +1,29 @@
-"""Benchmark our SimCLR training step against the loop a user would write from lightly's example.
+"""Benchmark our training steps against the loops a user would write from lightly's and torchvision's examples.
 
     python -m simclr_ad.bench [--arch resnet50] [--image-size 128] [--batch-size 64] [--steps 10]
-                              [--optimizer sgd|sam] [--json OUT] [--quick]
+                              [--stage simclr|finetune] [--optimizer sgd|sam] [--sam-every K]
+                              [--json OUT] [--quick] [--profile] [--host-class]
 
 The loops, interleaved in rounds so machine noise hits both:
-  reference  torchvision ResNet (3-channel), lightly SimCLRTransform on PIL images in a
-             DataLoader, fp32, contiguous memory, lightly NTXentLoss, SGD (or the same SAM);
-  ours       the real simclr_ad.pretrain step and data path: batched augmentation of the
-             uint8 cache, bf16 autocast, channels_last, SGD or SAM.
+  reference  torchvision ResNet (3-channel), fp32, contiguous memory, in a plain process.
+             simclr: lightly SimCLRTransform on PIL images in a DataLoader, lightly NTXentLoss,
+             the same SGD or SAM. finetune: torchvision ImageFolder over PNG files it writes
+             into a temporary directory, torchvision transforms in a DataLoader, cross-entropy,
+             the same fused AdamW as our fine-tuning.
+  ours       the real simclr_ad step and data path: batched augmentation of the uint8 cache,
+             the host class's training dtype (bf16 autocast where bf16 is fast, else fp32),
+             channels_last, smallconv.
+With ``--sam-every K`` (LookSAM) both loops run it, and one timed unit is K steps (exactly
+one of them takes SAM's two passes), so medians are over whole cycles.
 Each runs in a child process of its own, one at a time, because the allocator policy is
 per process: the reference as a plain script runs (glibc's default malloc), ours under
 runtime.MALLOC_TUNABLES as our stages run. The reference is timed a second time under our
 allocator settings (``speedup_same_allocator``), so the allocator's share is visible.
 Peak RSS is each child's own (DataLoader workers not included).
 It also measures the machine's practical peak (a large GEMM in our training dtype) and
-our achieved training FLOP/s from torch.utils.flop_counter, giving the MFU.
+our achieved training FLOP/s from torch.utils.flop_counter, giving the MFU. The result
+records the host's ISA class (runtime.host_class) beside the CPU model: figures of
+different classes are never compared with each other.
 """
 from __future__ import annotations
 
@@ -28,6 +37,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,9 +47,9 @@ from lightly.transforms import SimCLRTransform
 from PIL import Image
 
 from simclr_ad import augment, checkpoint, losses, runtime
-from simclr_ad.config import PretrainConfig
+from simclr_ad.config import FinetuneConfig, PretrainConfig
 from simclr_ad.errors import UserError, friendly_errors
-from simclr_ad.models import SimCLRModel, build_backbone
+from simclr_ad.models import SimCLRModel, build_backbone, build_classifier
 from simclr_ad.pretrain import build_optimizer, simclr_step
 
 
@@ -99,25 +109,13 @@ def _step_seconds(step, n: int) -> list[float]:
     return out
 
 
-def _reference(args, pil_images):
-    """The reference loop's steps, plus ``start``/``stop`` of its DataLoader workers.
+def _pausable_loader(loader) -> dict:
+    """``start``/``stop``/``close`` for a reference DataLoader's workers, and its batch iterator.
 
     The workers (persistent, forked once) run only between ``start`` and ``stop``, so they
     prefetch alongside the reference's own steps, as in a real run, but never take the
     cores from another loop; ``stop`` pauses them with SIGSTOP.
     """
-    torch.manual_seed(0)
-    backbone = torchvision.models.__dict__[args.arch](weights=None)
-    dim = backbone.fc.in_features
-    backbone.fc = torch.nn.Identity()
-    model = SimCLRModel(backbone, dim)
-    cfg = PretrainConfig(arch=args.arch, optimizer=args.optimizer, image_size=args.image_size)
-    optimizer = build_optimizer(cfg, model)
-    loss_fn = losses.nt_xent(0.5)
-    dataset = _PILViews(pil_images, args.image_size)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                         num_workers=args.ref_workers, persistent_workers=args.ref_workers > 0)
-    rt = runtime.Runtime(device=torch.device("cpu"), dtype=None, channels_last=False)
     state = {"batches": None}
 
     def signal_workers(sig: int) -> None:
@@ -130,22 +128,41 @@ def _reference(args, pil_images):
             next(state["batches"])
         signal_workers(signal.SIGCONT)
 
-    def stop():
-        signal_workers(signal.SIGSTOP)
+    return {"next": lambda: next(state["batches"]), "start": start,
+            "stop": lambda: signal_workers(signal.SIGSTOP),
+            "close": lambda: signal_workers(signal.SIGCONT)}  # paused workers could not shut down
+
+
+def _reference(args, pil_images):
+    """The reference SimCLR loop's steps, plus ``start``/``stop`` of its DataLoader workers."""
+    torch.manual_seed(0)
+    backbone = torchvision.models.__dict__[args.arch](weights=None)
+    dim = backbone.fc.in_features
+    backbone.fc = torch.nn.Identity()
+    model = SimCLRModel(backbone, dim)
+    cfg = PretrainConfig(arch=args.arch, optimizer=args.optimizer, image_size=args.image_size,
+                         sam_every=getattr(args, "sam_every", 1))
+    optimizer = build_optimizer(cfg, model)
+    loss_fn = losses.nt_xent(0.5)
+    dataset = _PILViews(pil_images, args.image_size)
+    loader = _pausable_loader(torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.ref_workers,
+        persistent_workers=args.ref_workers > 0))
+    rt = runtime.Runtime(device=torch.device("cpu"), dtype=None, channels_last=False)
 
     def full_step():
-        x0, x1 = next(state["batches"])
+        x0, x1 = loader["next"]()
         simclr_step(model, x0, x1, loss_fn, optimizer, rt, "bench")
 
     x0, x1 = torch.utils.data.default_collate([dataset[i] for i in range(args.batch_size)])
     return {"full": full_step, "net": lambda: simclr_step(model, x0, x1, loss_fn, optimizer, rt, "bench"),
-            "aug": lambda: [dataset[i] for i in range(args.batch_size)], "start": start, "stop": stop,
-            "close": lambda: signal_workers(signal.SIGCONT)}  # paused workers could not shut down
+            "aug": lambda: [dataset[i] for i in range(args.batch_size)], **loader}
 
 
 def _ours(args, cache: torch.Tensor):
     cfg = PretrainConfig(arch=args.arch, optimizer=args.optimizer, image_size=args.image_size,
-                         batch_size=args.batch_size, small_map_gemm=args.small_map_gemm, progress=False)
+                         batch_size=args.batch_size, small_map_gemm=args.small_map_gemm, progress=False,
+                         sam_every=getattr(args, "sam_every", 1))
     rt = runtime.setup(cfg)
     torch.manual_seed(0)
     backbone, dim = build_backbone(args.arch)
@@ -165,33 +182,186 @@ def _ours(args, cache: torch.Tensor):
 
     v0, v1 = augment.two_views(cache[:cfg.batch_size], cfg.image_size, cfg, generator)
     v0, v1 = rt.to_input(v0), rt.to_input(v1)
-    return {"full": full_step, "net": lambda: simclr_step(model, v0, v1, loss_fn, optimizer, rt, "bench"),
+
+    def net_step():
+        simclr_step(model, v0, v1, loss_fn, optimizer, rt, "bench")
+
+    return {"full": full_step, "net": net_step,
             "aug": lambda: augment.two_views(cache[:cfg.batch_size], cfg.image_size, cfg, generator),
             "start": lambda: None, "stop": lambda: None, "close": lambda: None,
-            "info": lambda: {"flops": training_flops(model, (v0, v1), rt, args.optimizer == "sam"),
-                             "gemm_peak": gemm_peak_gflops(rt.dtype), "threads": torch.get_num_threads(),
-                             "train_dtype": str(rt.dtype or torch.float32).replace("torch.", "")}}
+            "profile": lambda: conv_profile(net_step), "info": lambda: _info(model, torch.cat([v0, v1]), rt)}
 
 
-def training_flops(model, views, rt, sam: bool) -> float:
-    """FLOPs of one training step (forward + backward; twice with SAM) counted by torch."""
+def finetune_step(model, x: torch.Tensor, y: torch.Tensor, loss_fn, optimizer, rt: runtime.Runtime) -> None:
+    """One supervised step, as finetune.train_one_epoch takes it (keep the two in step)."""
+    with rt.autocast():
+        logits = model(x)
+    loss = loss_fn(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def _adamw(model: torch.nn.Module) -> torch.optim.Optimizer:
+    """Our fine-tuning's optimizer (finetune.run), with FinetuneConfig's default lr and weight decay."""
+    cfg = FinetuneConfig()
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                             weight_decay=cfg.weight_decay, fused=True)
+
+
+class _Endless(torch.utils.data.Dataset):
+    """A dataset repeated (indices wrap), so the timed steps never hit an epoch boundary's refill stall."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return 1000 * len(self.dataset)
+
+    def __getitem__(self, i: int):
+        return self.dataset[i % len(self.dataset)]
+
+
+def write_image_folder(images: torch.Tensor, labels, classes: list[str], root: Path) -> Path:
+    """uint8 [N, 1, S, S] images as ``root/<class>/<i>.png``, the layout torchvision's ImageFolder reads."""
+    for i, (image, label) in enumerate(zip(images, labels)):
+        folder = root / classes[int(label)]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[0].numpy(), "L").save(folder / f"{i:05d}.png")
+    return root
+
+
+def _reference_finetune(args, images):
+    """The reference supervised loop: ImageFolder over PNG files, torchvision transforms, a DataLoader, fp32.
+
+    The transforms are the torchvision counterparts of FinetuneConfig's augmentation.
+    """
+    from torchvision import transforms as T
+
+    pick = torch.linspace(0, len(images) - 1, 4 * args.batch_size).long()  # every class, not the first one only
+    tmp = tempfile.TemporaryDirectory(prefix="simclr_ad_bench_")  # removed when this process ends
+    root = write_image_folder(images.images[pick], images.labels[pick.numpy()], images.classes, Path(tmp.name))
+    cfg = FinetuneConfig()
+    transform = T.Compose([
+        T.RandomResizedCrop(args.image_size, scale=(cfg.aug_crop_scale_min, 1.0)), T.RandomHorizontalFlip(),
+        T.RandomAffine(cfg.aug_rotate_deg, translate=(cfg.aug_translate, cfg.aug_translate)),
+        T.ColorJitter(brightness=cfg.aug_brightness, contrast=cfg.aug_contrast), T.ToTensor(),
+        T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    dataset = _Endless(torchvision.datasets.ImageFolder(str(root), transform=transform))
+    torch.manual_seed(0)
+    model = torchvision.models.__dict__[args.arch](weights=None)
+    model.fc = torch.nn.Sequential(torch.nn.Dropout(cfg.dropout), torch.nn.Linear(model.fc.in_features,
+                                                                                  len(images.classes)))
+    optimizer, loss_fn = _adamw(model), torch.nn.CrossEntropyLoss()
+    loader = _pausable_loader(torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.ref_workers,
+        persistent_workers=args.ref_workers > 0))
+    rt = runtime.Runtime(device=torch.device("cpu"), dtype=None, channels_last=False)
+
+    def full_step():
+        x, y = loader["next"]()
+        finetune_step(model, x, y, loss_fn, optimizer, rt)
+
+    x, y = torch.utils.data.default_collate([dataset[i] for i in range(args.batch_size)])
+    return {"full": full_step, "net": lambda: finetune_step(model, x, y, loss_fn, optimizer, rt),
+            "aug": lambda: [dataset[i] for i in range(args.batch_size)], **loader, "tmp": tmp}
+
+
+def _ours_finetune(args, images):
+    """Our fine-tuning step and data path (finetune.train_one_epoch's), on the uint8 cache."""
+    cfg = FinetuneConfig(arch=args.arch, image_size=args.image_size, batch_size=args.batch_size,
+                         small_map_gemm=args.small_map_gemm, progress=False, init="random")
+    rt = runtime.setup(cfg)
+    torch.manual_seed(0)
+    model = rt.prepare_model(build_classifier(args.arch, len(images.classes), cfg.dropout))
+    optimizer, loss_fn = _adamw(model), torch.nn.CrossEntropyLoss()
+    cache, labels = images.images, torch.from_numpy(images.labels)
+    generator = torch.Generator().manual_seed(0)
+    state = {"epoch": 0, "batches": []}
+
+    def full_step():
+        if not state["batches"]:
+            state["batches"] = runtime.epoch_batches(len(cache), cfg.batch_size, 0, state["epoch"], rt)
+            state["epoch"] += 1
+        index = state["batches"].pop()
+        x = rt.to_input(augment.augment(cache[index].to(rt.device), cfg.image_size, cfg, generator))
+        finetune_step(model, x, labels[index].to(rt.device), loss_fn, optimizer, rt)
+
+    x = rt.to_input(augment.augment(cache[:cfg.batch_size], cfg.image_size, cfg, generator))
+    y = labels[:cfg.batch_size]
+
+    def net_step():
+        finetune_step(model, x, y, loss_fn, optimizer, rt)
+
+    return {"full": full_step, "net": net_step,
+            "aug": lambda: augment.augment(cache[:cfg.batch_size], cfg.image_size, cfg, generator),
+            "start": lambda: None, "stop": lambda: None, "close": lambda: None,
+            "profile": lambda: conv_profile(net_step), "info": lambda: _info(model, x, rt)}
+
+
+def _info(model, x: torch.Tensor, rt: runtime.Runtime) -> dict:
+    return {"pass_flops": training_flops(model, x, rt), "gemm_peak": gemm_peak_gflops(rt.dtype),
+            "threads": torch.get_num_threads(), "train_dtype": str(rt.dtype or torch.float32).replace("torch.", "")}
+
+
+def training_flops(model, x: torch.Tensor, rt) -> float:
+    """FLOPs of one forward + backward pass on the model input ``x``, counted by torch."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.cat(views)
     with FlopCounterMode(display=False) as counter:
         with rt.autocast():
             out = model(x)
         out.float().sum().backward()
     model.zero_grad(set_to_none=True)
-    return counter.get_total_flops() * (2 if sam else 1)
+    return counter.get_total_flops()
 
 
-def _load_images(args) -> torch.Tensor:
+_GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear")  # smallconv runs some convolutions as these
+
+
+def conv_profile(step, steps: int = 2, rows: int = 15) -> str:
+    """Where a step's convolutions go: torch.profiler over ``steps`` calls of ``step``.
+
+    Two tables: the convolution and GEMM kernels by self time (forward and backward), and
+    the forward convolutions by input shape with their achieved GFLOP/s, to set against
+    the GEMM peak (which shapes run far below it?).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True) as prof:
+        for _ in range(steps):
+            step()
+    by_shape = prof.key_averages(group_by_input_shape=True)
+    total_us = sum(e.self_cpu_time_total for e in prof.key_averages())
+
+    def shapes(event) -> str:
+        return " ".join("x".join(map(str, s)) for s in event.input_shapes[:2] if s)
+
+    kernels = sorted((e for e in by_shape if "conv" in e.key or e.key in _GEMM_OPS),
+                     key=lambda e: e.self_cpu_time_total, reverse=True)[:rows]
+    lines = [f"top convolution/GEMM ops by self time ({steps} steps; share of all profiled op time)",
+             f"{'op':<36} {'ms/step':>8} {'share':>6} {'calls':>5}  input shapes"]
+    lines += [f"{e.key[:36]:<36} {e.self_cpu_time_total / 1e3 / steps:8.1f} "
+              f"{e.self_cpu_time_total / max(total_us, 1):6.1%} {e.count // steps:5d}  {shapes(e)}" for e in kernels]
+    forward = sorted((e for e in by_shape if e.key == "aten::conv2d" and e.flops),
+                     key=lambda e: e.cpu_time_total, reverse=True)[:rows]
+    lines += ["", "forward convolutions by input shape (time includes the kernels they call)",
+              f"{'ms/step':>8} {'GFLOP/s':>8} {'calls':>5}  input, weight"]
+    lines += [f"{e.cpu_time_total / 1e3 / steps:8.1f} {e.flops / max(e.cpu_time_total, 1) / 1e3:8.0f} "
+              f"{e.count // steps:5d}  {shapes(e)}" for e in forward]
+    return "\n".join(lines)
+
+
+def _load_dataset(args):
     from simclr_ad import data
 
     cfg = PretrainConfig(data_dir=args.data_dir, image_size=args.image_size, synth_n=max(512, 4 * args.batch_size),
                          progress=False)
-    return data.load_dataset(cfg).images
+    return data.load_dataset(cfg)
+
+
+def _load_images(args) -> torch.Tensor:
+    return _load_dataset(args).images
 
 
 # Each loop runs in a process of its own, since the allocator policy is per process: the
@@ -200,24 +370,37 @@ def _load_images(args) -> torch.Tensor:
 LOOPS = ("reference", "reference_same_allocator", "ours")
 
 
+def _steps_per_unit(args) -> int:
+    """Optimizer steps per timed unit: a whole LookSAM cycle (one two-pass step), else one."""
+    return args.sam_every if args.optimizer == "sam" else 1
+
+
 def _serve(args) -> None:
     """Child process: build one loop, then answer the parent's requests, one JSON line each.
 
-    Requests: ``start``/``stop`` (data-loader workers), ``time KIND N`` (seconds of N steps),
-    ``peak_rss_mb``, and for ours ``info`` (step FLOPs, GEMM peak, dtype, threads).
+    Requests: ``start``/``stop`` (data-loader workers), ``time KIND N`` (seconds of N units
+    of ``_steps_per_unit`` steps), ``peak_rss_mb``, and for ours ``info`` (FLOPs of one pass,
+    GEMM peak, dtype, threads) and ``profile`` (conv_profile's tables).
     """
     replies, sys.stdout = sys.stdout, sys.stderr  # stdout carries the replies only
-    cache = _load_images(args)
-    if args.serve == "ours":
-        loop = _ours(args, cache)
+    images = _load_dataset(args)
+    if args.stage == "finetune":
+        loop = (_ours_finetune if args.serve == "ours" else _reference_finetune)(args, images)
+    elif args.serve == "ours":
+        loop = _ours(args, images.images)
     else:
-        images = [Image.fromarray(img[0].numpy(), "L").convert("RGB") for img in cache[:4 * args.batch_size]]
-        loop = _reference(args, images)
+        pil = [Image.fromarray(img[0].numpy(), "L").convert("RGB") for img in images.images[:4 * args.batch_size]]
+        loop = _reference(args, pil)
     loop["peak_rss_mb"] = _peak_rss_mb
+    k = _steps_per_unit(args)
+    units = {kind: (lambda step=loop[kind]: [step() for _ in range(k)]) for kind in ("full", "net")}
     print(json.dumps("ready"), file=replies, flush=True)
     for line in sys.stdin:
         words = line.split()
-        reply = _step_seconds(loop[words[1]], int(words[2])) if words[0] == "time" else loop[words[0]]()
+        if words[0] == "time":
+            reply = _step_seconds(units.get(words[1], loop[words[1]]), int(words[2]))
+        else:
+            reply = loop[words[0]]()
         print(json.dumps(reply), file=replies, flush=True)
     loop["close"]()
 
@@ -254,38 +437,123 @@ def _fmt_x(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
-TARGETS = {"resnet18": 2.5, "resnet50": 3.5}  # the performance issue's speedup targets
+# The issue's targets, per host class. Speedups against the reference: on classes with fast bf16
+# (and for rows from before host classes were recorded, all measured on such a host). MFU: of
+# the class's own GEMM peak. A LookSAM step: its cost against an SGD step of the same class.
+TARGETS = {"resnet18": 2.5, "resnet50": 3.5}  # SimCLR speedup, fast-bf16 classes
+FINETUNE_TARGET = 2.5  # fine-tune speedup, fast-bf16 classes
+MFU_TARGETS = {"fast_bf16": {("simclr", "resnet50", 128): 0.70},
+               "avx2": {("simclr", "resnet18", 64, "sgd"): 0.80, ("simclr", "resnet18", 128, "sgd"): 0.80}}
+LOOKSAM_COST_TARGET = 1.3
+UNRECORDED = "not recorded"
+CLASS_NOTES = {"amx": "AMX and AVX-512 bf16: bf16 autocast", "avx512_bf16": "AVX-512 bf16: bf16 autocast",
+               "avx2": "AVX2, no fast bf16: fp32", "other": "neither AVX2 nor fast bf16: fp32",
+               UNRECORDED: "measured before bench recorded the host class (train dtype in each run)"}
+
+
+def _class(r: dict) -> str:
+    return r.get("host_class") or UNRECORDED
+
+
+def _label(r: dict) -> str:
+    if r.get("stage", "simclr") == "finetune":
+        optimizer = "fine-tune AdamW"
+    elif r.get("sam_every", 1) > 1:
+        optimizer = f"LookSAM k={r['sam_every']}"
+    else:
+        optimizer = r["optimizer"].upper()
+    return f"{r['arch']} @ {r['image_size']}, {r['batch_size']}, {optimizer}"
+
+
+def _speedup_target(r: dict) -> float | None:
+    if _class(r) not in (*runtime.FAST_BF16_CLASSES, UNRECORDED):
+        return None
+    return FINETUNE_TARGET if r.get("stage", "simclr") == "finetune" else TARGETS.get(r["arch"])
+
+
+def _mfu_target(r: dict) -> float | None:
+    family = "fast_bf16" if _class(r) in (*runtime.FAST_BF16_CLASSES, UNRECORDED) else _class(r)
+    targets = MFU_TARGETS.get(family, {})
+    stage, arch, size = r.get("stage", "simclr"), r["arch"], r["image_size"]
+    optimizer = r["optimizer"] if r.get("sam_every", 1) == 1 else "looksam"
+    return targets.get((stage, arch, size, optimizer), targets.get((stage, arch, size)))
+
+
+def _cost_vs_sgd(r: dict, same_class: list[dict]) -> str:
+    """Our step time over our SGD step time, same arch, input and batch: only within one host class."""
+    if r.get("stage", "simclr") != "simclr" or r["optimizer"] == "sgd":
+        return "-"
+    sgd = [s for s in same_class if s.get("stage", "simclr") == "simclr" and s["optimizer"] == "sgd"
+           and (s["arch"], s["image_size"], s["batch_size"]) == (r["arch"], r["image_size"], r["batch_size"])]
+    if not sgd:
+        return "-"
+    cost = sgd[0]["ours_img_per_s"] / r["ours_img_per_s"]
+    target = LOOKSAM_COST_TARGET if r.get("sam_every", 1) > 1 else None
+    return f"{cost:.2f}x" + ("" if target is None else f" ({'met' if cost <= target else 'not met'}: <= {target}x)")
+
+
+def _order(r: dict):
+    return (r.get("stage", "simclr"), r["arch"], r["image_size"], r["optimizer"], r.get("sam_every", 1))
+
+
+def _class_block(host: str, results: list[dict]) -> list[str]:
+    lines = [f"## Host class `{host}`: {CLASS_NOTES.get(host, host)}", ""]
+    cpus = sorted({f"{r.get('cpu_model', r['machine'])}; flags {' '.join(r.get('cpu_flags', [])) or '?'}"
+                   for r in results})
+    lines += [f"CPU: {cpu}" for cpu in cpus]
+    lines += ["", "| model @ input, batch, optimizer | reference img/s | ours img/s | speedup (target) "
+              "| aug views/s (x network) | GEMM peak GFLOP/s | achieved GFLOP/s | MFU (target) "
+              "| peak RSS MB ours / reference | speedup, same allocator | step cost vs our SGD (target) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(results, key=_order):
+        target, mfu_target = _speedup_target(r), _mfu_target(r)
+        mark = "" if target is None else f" ({'met' if r['speedup'] >= target else 'not met'}: {target}x)"
+        mfu_mark = "" if mfu_target is None else f" ({'met' if r['mfu'] >= mfu_target else 'not met'}: {mfu_target})"
+        lines.append(
+            f"| {_label(r)} "
+            f"| {r['reference_img_per_s']:.1f} | {r['ours_img_per_s']:.1f} | {r['speedup']:.2f}x{mark} "
+            f"| {r['aug_views_per_s']:.0f} ({r['aug_headroom']:.0f}x) | {r['gemm_peak_gflops']:.0f} "
+            f"| {r['achieved_gflops']:.0f} | {r['mfu']:.2f}{mfu_mark} "
+            f"| {r['peak_rss_mb']:.0f} / {r['reference_peak_rss_mb']:.0f} "
+            f"| {_fmt_x(r.get('speedup_same_allocator'))} | {_cost_vs_sgd(r, results)} |")
+    lines += ["", "Runs:", ""]
+    for r in sorted(results, key=_order):
+        lines.append(f"- `{r.get('command', '?')}`: {r.get('date', '?')}, commit {r.get('git_sha', '?')}, "
+                     f"{r['machine']}, {r['train_dtype']}")
+    return lines + [""]
 
 
 def summary_markdown(results: list[dict]) -> str:
-    """A README for a folder of bench JSONs: the table, the commands, the machine and the dates."""
-    lines = ["# Benchmark: our SimCLR step vs the lightly-example loop", "",
-             "Written by `python -m simclr_ad.bench --summarize results/bench` from the JSON files here",
-             "(made by `bash scripts/bench.sh`). img/s counts images with two views, forward and backward,",
-             "both SAM passes included; median of the timed steps after warm-up, so expect 10-20 % noise.",
-             "Each loop runs in a process of its own: the reference as a plain script (glibc's default",
-             "malloc), ours under runtime.MALLOC_TUNABLES as our stages run; the last column times the",
-             "reference under those allocator settings too. Peak RSS: each loop's own process",
-             "(DataLoader workers not counted).", "",
-             "| model @ input, batch, optimizer | reference img/s | ours img/s | speedup (target) "
-             "| aug views/s (x network) | GEMM peak GFLOP/s | achieved GFLOP/s | MFU (target 0.70) "
-             "| peak RSS MB ours / reference | speedup, same allocator |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(results, key=lambda r: (r["arch"], r["optimizer"])):
-        target = TARGETS.get(r["arch"])
-        mark = "" if target is None else f" ({'met' if r['speedup'] >= target else 'not met'}: {target}x)"
-        lines.append(
-            f"| {r['arch']} @ {r['image_size']}, {r['batch_size']}, {r['optimizer'].upper()} "
-            f"| {r['reference_img_per_s']:.1f} | {r['ours_img_per_s']:.1f} | {r['speedup']:.2f}x{mark} "
-            f"| {r['aug_views_per_s']:.0f} ({r['aug_headroom']:.0f}x) | {r['gemm_peak_gflops']:.0f} "
-            f"| {r['achieved_gflops']:.0f} | {r['mfu']:.2f} "
-            f"| {r['peak_rss_mb']:.0f} / {r['reference_peak_rss_mb']:.0f} "
-            f"| {_fmt_x(r.get('speedup_same_allocator'))} |")
-    lines += ["", "Runs:", ""]
-    for r in sorted(results, key=lambda r: (r["arch"], r["optimizer"])):
-        lines.append(f"- `{r.get('command', '?')}`: {r.get('date', '?')}, commit {r.get('git_sha', '?')}, "
-                     f"{r['machine']}, {r['train_dtype']}")
-    return "\n".join(lines) + "\n"
+    """A README for bench JSONs: one block per host class (its table, commands, machine and dates).
+
+    No figure of one class is ever set against a figure of another.
+    """
+    lines = ["# Benchmark: our training steps vs the lightly / torchvision example loops", "",
+             "Written by `python -m simclr_ad.bench --summarize DIR` from the JSON files in DIR and in",
+             "its per-class folders DIR/<host class>/ (made by `bash scripts/bench.sh`). img/s counts",
+             "images per step: SimCLR images with two views, forward and backward, both SAM passes",
+             "included (LookSAM: whole k-step cycles); fine-tune images with one view. Median of the",
+             "timed units after warm-up, so expect 10-20 % noise. Each loop runs in a process of its",
+             "own: the reference as a plain script (glibc's default malloc), ours under",
+             "runtime.MALLOC_TUNABLES as our stages run; the 'same allocator' column times the",
+             "reference under those settings too. Peak RSS: each loop's own process (DataLoader",
+             "workers not counted). MFU is against the GEMM peak of the same run. The step-cost",
+             "column divides by the SGD row of the same class (a separate run).", ""]
+    by_class: dict[str, list[dict]] = {}
+    for r in results:
+        by_class.setdefault(_class(r), []).append(r)
+    order = [*runtime.HOST_CLASSES, UNRECORDED]
+    for host in sorted(by_class, key=lambda h: order.index(h) if h in order else len(order)):
+        lines += _class_block(host, by_class[host])
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _bench_jsons(folder: Path) -> list[dict]:
+    """The bench JSONs of ``folder`` and of its host-class folders (not ablation/ or reruns/)."""
+    files = sorted(folder.glob("*.json"))
+    for host in runtime.HOST_CLASSES:
+        files += sorted((folder / host).glob("*.json"))
+    return [json.loads(f.read_text()) for f in files]
 
 
 @friendly_errors
@@ -295,24 +563,35 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--arch", default="resnet50", choices=["resnet18", "resnet50"])
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per loop")
+    parser.add_argument("--stage", default="simclr", choices=["simclr", "finetune"],
+                        help="simclr: the pretraining step; finetune: the supervised fine-tuning step")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per loop (LookSAM: k-step cycles)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (steps are split over them)")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--optimizer", default="sam", choices=["sgd", "sam"])
+    parser.add_argument("--optimizer", default=None, choices=["sgd", "sam", "adamw"],
+                        help="simclr: sgd or sam (default sam); finetune: adamw, its only one")
+    parser.add_argument("--sam-every", type=int, default=1,
+                        help="with --optimizer sam: SAM's two passes every K-th step (LookSAM); 1: full SAM")
     parser.add_argument("--ref-workers", type=int, default=2, help="DataLoader workers of the reference loop")
     parser.add_argument("--no-small-map-gemm", dest="small_map_gemm", action="store_false",
                         help="ours without simclr_ad.smallconv (for the ablation)")
     parser.add_argument("--data-dir", default=None, help="images to use (default: synthetic phantoms)")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     parser.add_argument("--quick", action="store_true", help="ResNet18 at 64 px, few steps: under 3 minutes")
+    parser.add_argument("--profile", action="store_true",
+                        help="after timing, print where our step's convolutions go (torch.profiler)")
     parser.add_argument("--summarize", metavar="DIR", default=None,
-                        help="write DIR/README.md from the bench JSON files in DIR, then stop")
+                        help="write DIR/README.md from the bench JSON files in DIR and DIR/<host class>/, then stop")
+    parser.add_argument("--host-class", action="store_true", help="print this host's ISA class, then stop")
     parser.add_argument("--serve", choices=list(LOOPS), default=None,
                         help=argparse.SUPPRESS)  # internal: a child process that runs one loop
     args = parser.parse_args(argv)
+    if args.host_class:
+        print(runtime.host_class())
+        return {"host_class": runtime.host_class()}
     if args.summarize:
         folder = Path(args.summarize)
-        results = [json.loads(f.read_text()) for f in sorted(folder.glob("*.json"))]
+        results = _bench_jsons(folder)
         if not results:
             raise UserError(f"no bench JSON files in {folder}")
         (folder / "README.md").write_text(summary_markdown(results))
@@ -320,6 +599,12 @@ def main(argv: list[str] | None = None) -> dict:
         return {"written": str(folder / "README.md")}
     if args.quick:
         args.arch, args.image_size, args.steps, args.warmup = "resnet18", 64, 6, 1
+    args.optimizer = args.optimizer or ("adamw" if args.stage == "finetune" else "sam")
+    if (args.stage == "finetune") != (args.optimizer == "adamw"):
+        raise UserError(f"--stage {args.stage} does not take --optimizer {args.optimizer} "
+                        "(simclr: sgd or sam; finetune: adamw)")
+    if args.sam_every < 1 or (args.sam_every > 1 and args.optimizer != "sam"):
+        raise UserError("--sam-every must be >= 1, and above 1 only with --stage simclr --optimizer sam")
     if args.serve:
         return _serve(args)
 
@@ -344,37 +629,54 @@ def main(argv: list[str] | None = None) -> dict:
                 timings[name][kind] += loop.ask("time", kind, per_round)
     peak_rss = {name: loop.ask("peak_rss_mb") for name, loop in loops.items()}
     info = loops["ours"].ask("info")
-    flops, peak, threads = info["flops"], info["gemm_peak"], info["threads"]
+    profile = loops["ours"].ask("profile") if args.profile else None
     for loop in loops.values():
         loop.close()
-    median = {name: {k: statistics.median(v) for k, v in t.items()} for name, t in timings.items()}
-    b = args.batch_size
-    result = {
-        "arch": args.arch, "image_size": args.image_size, "batch_size": b, "optimizer": args.optimizer,
-        "small_map_gemm": args.small_map_gemm,
-        "reference_img_per_s": b / median["reference"]["full"], "ours_img_per_s": b / median["ours"]["full"],
-        "speedup": median["reference"]["full"] / median["ours"]["full"],
-        "reference_same_allocator_img_per_s": b / median["reference_same_allocator"]["full"],
-        "speedup_same_allocator": median["reference_same_allocator"]["full"] / median["ours"]["full"],
-        "reference_net_img_per_s": b / median["reference"]["net"], "ours_net_img_per_s": b / median["ours"]["net"],
-        "aug_views_per_s": 2 * b / median["ours"]["aug"],
-        "reference_aug_views_per_s": 2 * b / median["reference"]["aug"],
-        "aug_headroom": (2 * b / median["ours"]["aug"]) / (2 * b / median["ours"]["net"]),
-        "peak_rss_mb": peak_rss["ours"], "reference_peak_rss_mb": peak_rss["reference"],
-        "gemm_peak_gflops": peak, "train_dtype": info["train_dtype"],
-        "achieved_gflops": flops / median["ours"]["full"] / 1e9,
-        "mfu": flops / median["ours"]["full"] / 1e9 / peak,
-        "step_gflop": flops / 1e9, "steps_timed": per_round * args.rounds, "threads": threads,
-        "machine": f"{_cpu_model()}, {threads} threads, torch {torch.__version__}",
-        "command": shlex.join(["python", "-m", "simclr_ad.bench", *child_argv]),
-        "git_sha": checkpoint.git_sha(), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-    }
-    print(json.dumps(result, indent=2))
+    result = _result(args, timings, peak_rss, info, child_argv)
+    if profile:
+        result["conv_profile"] = profile.splitlines()
+    print(json.dumps({k: v for k, v in result.items() if k != "conv_profile"}, indent=2))
+    if profile:
+        print(profile)
     if args.json:
         from simclr_ad.runlog import write_json
 
         write_json(args.json, result)
     return result
+
+
+def _result(args, timings: dict, peak_rss: dict, info: dict, child_argv: list[str]) -> dict:
+    """The bench JSON: rates per image (per unit of ``_steps_per_unit`` steps), MFU, the host."""
+    median = {name: {k: statistics.median(v) for k, v in t.items()} for name, t in timings.items()}
+    k = _steps_per_unit(args)
+    images = args.batch_size * k  # per timed unit
+    views = 1 if args.stage == "finetune" else 2
+    passes = k + 1 if args.optimizer == "sam" else 1  # forward+backward passes per unit
+    flops, peak, threads = info["pass_flops"] * passes, info["gemm_peak"], info["threads"]
+    flags = runtime.cpu_flags() or set()
+    return {
+        "stage": args.stage, "arch": args.arch, "image_size": args.image_size, "batch_size": args.batch_size,
+        "optimizer": args.optimizer, "sam_every": args.sam_every, "small_map_gemm": args.small_map_gemm,
+        "reference_img_per_s": images / median["reference"]["full"], "ours_img_per_s": images / median["ours"]["full"],
+        "speedup": median["reference"]["full"] / median["ours"]["full"],
+        "reference_same_allocator_img_per_s": images / median["reference_same_allocator"]["full"],
+        "speedup_same_allocator": median["reference_same_allocator"]["full"] / median["ours"]["full"],
+        "reference_net_img_per_s": images / median["reference"]["net"],
+        "ours_net_img_per_s": images / median["ours"]["net"],
+        "aug_views_per_s": views * args.batch_size / median["ours"]["aug"],
+        "reference_aug_views_per_s": views * args.batch_size / median["reference"]["aug"],
+        "aug_headroom": (views * args.batch_size / median["ours"]["aug"]) / (views * images / median["ours"]["net"]),
+        "peak_rss_mb": peak_rss["ours"], "reference_peak_rss_mb": peak_rss["reference"],
+        "gemm_peak_gflops": peak, "train_dtype": info["train_dtype"],
+        "achieved_gflops": flops / median["ours"]["full"] / 1e9,
+        "mfu": flops / median["ours"]["full"] / 1e9 / peak,
+        "step_gflop": flops / k / 1e9, "steps_timed": max(1, args.steps // args.rounds) * args.rounds * k,
+        "threads": threads, "host_class": runtime.host_class(), "cpu_model": _cpu_model(),
+        "cpu_flags": [f for f in runtime.ISA_FLAGS if f in flags],
+        "machine": f"{_cpu_model()}, {threads} threads, torch {torch.__version__}",
+        "command": shlex.join(["python", "-m", "simclr_ad.bench", *child_argv]),
+        "git_sha": checkpoint.git_sha(), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+    }
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ class CommonConfig:
     batch_size: int = 64
     out: Optional[str] = None
     device: str = "auto"  # auto|cpu|cuda
-    precision: str = "auto"  # auto (bf16 on CPU/CUDA when supported)|bf16|fp16|fp32
+    precision: str = "auto"  # auto (bf16 on CUDA and on fast-bf16 CPUs, see runtime.host_class)|bf16|fp16|fp32
     channels_last: bool = True
     small_map_gemm: bool = True  # CPU: convs on 2x2 outputs and small or strided 1x1 ones as GEMMs, see smallconv.py
     deterministic: bool = False
@@ -134,6 +134,7 @@ class PretrainConfig(AugmentConfig, CommonConfig):
     knn_t: float = 0.1
     knn_every: int = 1  # epochs between kNN monitor evaluations; 0 disables it
     checkpoint_every_steps: int = 0  # also save mid-epoch every N steps; 0: once per epoch
+    sam_every: int = 1  # SAM's two passes every N-th step, one pass reusing its direction between (LookSAM); 1: full SAM
 
     def __post_init__(self) -> None:
         CommonConfig.__post_init__(self)
@@ -147,6 +148,7 @@ class PretrainConfig(AugmentConfig, CommonConfig):
         _check(self.init in ("random", "imagenet") or _is_path_like(self.init), "init",
                "must be random, imagenet or a path to a state_dict")
         _check(self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
+        _check(self.sam_every >= 1, "sam_every", "must be >= 1 (1: full SAM)")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,11 @@ SAM (Foret et al., ICLR 2021) minimises the loss at the worst point of a rho-bal
   2. recompute the loss and gradients at w + e(w) on the SAME batch and views
   3. second_step: w <- w - e(w), then the base optimizer steps with the new gradients.
 ASAM is Kwon et al., ICML 2021 (``adaptive=True``).
+
+LookSAM (Liu et al., CVPR 2022, Algorithm 1), opt-in with ``every=k > 1``: the two passes run
+only every k-th step. There the SAM gradient g_s is split along the plain gradient g, and its
+orthogonal part g_v = g_s - (g_s . g / ||g||^2) g, the sharpness direction, is kept. The k-1
+steps in between cost one forward/backward: they step with g + alpha * (||g|| / ||g_v||) g_v.
 """
 from __future__ import annotations
 
@@ -19,13 +24,22 @@ from torch import nn
 class SAM(torch.optim.Optimizer):
     """Sharpness-aware minimisation wrapping ``base_optimizer_cls(params, **kwargs)``.
 
-    The LR schedule attaches to ``.base_optimizer``; ``state_dict`` is the base optimizer's.
+    The LR schedule attaches to ``.base_optimizer``; ``state_dict`` is the base optimizer's
+    (with LookSAM, ``every`` > 1, also its step count; its g_v lives in the base state).
+    A caller asks ``perturbs_this_step``: if true, first_step / second pass / second_step,
+    else one pass and ``reuse_step``. ``step(closure)`` always takes the two passes.
     """
 
-    def __init__(self, params, base_optimizer_cls: type, rho: float = 2.0, adaptive: bool = True, **kwargs):
+    def __init__(self, params, base_optimizer_cls: type, rho: float = 2.0, adaptive: bool = True,
+                 every: int = 1, alpha: float = 0.7, **kwargs):
         if rho < 0:
             raise ValueError(f"rho must be >= 0, got {rho}")
+        if every < 1:
+            raise ValueError(f"every must be >= 1 (1: full SAM), got {every}")
         super().__init__(params, dict(rho=rho, adaptive=adaptive, **kwargs))
+        self.every, self.alpha = every, alpha  # LookSAM's k and alpha (the paper's 0.7)
+        self.steps = 0  # optimizer steps taken, for LookSAM's phase
+        self._plain_grads: dict[nn.Parameter, torch.Tensor] = {}  # g at w, kept from first_step for LookSAM
         self.base_optimizer = base_optimizer_cls(self.param_groups, **kwargs)
         self.param_groups = self.base_optimizer.param_groups  # one set of groups: the scheduler sees them
         for group in self.param_groups:
@@ -54,6 +68,8 @@ class SAM(torch.optim.Optimizer):
             e = scale.pow(2) * p.grad * (group["rho"] / (norm + 1e-12))
             p.add_(e)
             self._perturbation[p] = e
+            if self.every > 1:  # dropped from p.grad below unless zero_grad is False: then a copy
+                self._plain_grads[p] = p.grad if zero_grad else p.grad.clone()
         if zero_grad:
             self.zero_grad(set_to_none=True)
 
@@ -63,7 +79,49 @@ class SAM(torch.optim.Optimizer):
         for p, e in self._perturbation.items():
             p.sub_(e)
         self._perturbation.clear()
+        if self._plain_grads:
+            self._keep_sharpness_direction()
         self.base_optimizer.step()
+        self.steps += 1
+        if zero_grad:
+            self.zero_grad(set_to_none=True)
+
+    @property
+    def perturbs_this_step(self) -> bool:
+        """Whether this step needs SAM's two passes: always for full SAM, every k-th step for LookSAM
+        (and whenever no sharpness direction is known yet)."""
+        return self.every == 1 or self.steps % self.every == 0 or not self._has_sharpness_direction()
+
+    def _has_sharpness_direction(self) -> bool:
+        state = self.base_optimizer.state  # a defaultdict: .get, so that asking adds no entries
+        return any("sam_gv" in state.get(p, {}) for g in self.param_groups for p in g["params"])
+
+    @torch.no_grad()
+    def _keep_sharpness_direction(self) -> None:
+        """g_v = g_s - (g_s . g / ||g||^2) g, over all parameters as one vector (LookSAM, Alg. 1)."""
+        pairs = [(p, g) for p, g in self._plain_grads.items() if p.grad is not None]
+        dot = sum(torch.sum(p.grad * g) for p, g in pairs)
+        g_norm_sq = sum(torch.sum(g * g) for _, g in pairs)
+        ratio = dot / (g_norm_sq + 1e-12)
+        for p, g in pairs:
+            self.base_optimizer.state[p]["sam_gv"] = p.grad - ratio * g  # in the state: saved, resumed
+        self._plain_grads.clear()
+
+    @torch.no_grad()
+    def reuse_step(self, zero_grad: bool = True) -> None:
+        """LookSAM's step between perturbations: g + alpha * (||g|| / ||g_v||) g_v, one pass only.
+
+        ``p.grad`` holds g at w (one backward, BN statistics updated once as in plain SGD).
+        """
+        state = self.base_optimizer.state
+        pairs = [(p, state[p]["sam_gv"]) for g in self.param_groups for p in g["params"]
+                 if p.grad is not None and "sam_gv" in state.get(p, {})]
+        if pairs:
+            grads, directions = [p.grad for p, _ in pairs], [v for _, v in pairs]
+            g_norm, v_norm = torch.nn.utils.get_total_norm(grads), torch.nn.utils.get_total_norm(directions)
+            torch._foreach_add_(grads, directions, alpha=float(self.alpha * g_norm / (v_norm + 1e-12)))
+        self.base_optimizer.step()
+        self.steps += 1
         if zero_grad:
             self.zero_grad(set_to_none=True)
 
@@ -76,10 +134,14 @@ class SAM(torch.optim.Optimizer):
         self.second_step()
 
     def state_dict(self):  # type: ignore[override]
-        return self.base_optimizer.state_dict()
+        state = self.base_optimizer.state_dict()
+        if self.every > 1:  # LookSAM's phase; full SAM's dict stays exactly the base optimizer's
+            state["sam_steps"] = self.steps
+        return state
 
     def load_state_dict(self, state_dict) -> None:  # type: ignore[override]
-        self.base_optimizer.load_state_dict(state_dict)
+        self.base_optimizer.load_state_dict(state_dict)  # ignores the extra "sam_steps"
+        self.steps = int(state_dict.get("sam_steps", 0))
 
 
 def base_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:

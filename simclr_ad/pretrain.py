@@ -33,22 +33,28 @@ def simclr_step(model, x0: torch.Tensor, x1: torch.Tensor, loss_fn, optimizer, r
                 where: str) -> torch.Tensor:
     """One optimisation step on a pair of views; with SAM, both passes use these same views.
 
+    With LookSAM (``sam_every`` > 1) the steps between perturbations take one pass only.
     Raises NonFiniteLoss before touching the weights if the loss is nan/inf.
     """
-    is_sam = isinstance(optimizer, optim.SAM)
+    sam = optimizer if isinstance(optimizer, optim.SAM) else None
+    two_passes = sam is not None and sam.perturbs_this_step
 
     def loss_at_current_weights() -> torch.Tensor:
         with rt.autocast():
             z0, z1 = model(torch.cat([x0, x1])).chunk(2)
         return loss_fn(z0.float(), z1.float())
 
-    with runtime.maybe_no_sync(model, is_sam and rt.distributed):  # SAM's first pass is local
+    # SAM's first pass is local; LookSAM's is synced, so every rank keeps the same g_v
+    with runtime.maybe_no_sync(model, two_passes and rt.distributed and sam.every == 1):
         loss = loss_at_current_weights()
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"loss became {loss.item()} at {where}; stopped before updating the "
                                 "weights, the last checkpoint is intact (try a lower --lr)")
         loss.backward()
-    if not is_sam:
+    if sam is not None and not two_passes:
+        sam.reuse_step(zero_grad=True)  # LookSAM between perturbations
+        return loss.detach()
+    if sam is None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss.detach()
@@ -128,7 +134,7 @@ def build_optimizer(cfg: PretrainConfig, model: torch.nn.Module) -> torch.optim.
     groups = optim.param_groups_no_decay(model, cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=True)
-    return optim.SAM(groups, torch.optim.SGD, rho=cfg.sam_rho, adaptive=cfg.sam_adaptive,
+    return optim.SAM(groups, torch.optim.SGD, rho=cfg.sam_rho, adaptive=cfg.sam_adaptive, every=cfg.sam_every,
                      lr=cfg.lr, momentum=cfg.momentum, fused=True)
 
 

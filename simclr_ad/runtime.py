@@ -9,6 +9,7 @@ import contextlib
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -75,7 +76,49 @@ class Runtime:
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
 
-def _pick_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+HOST_CLASSES = ("amx", "avx512_bf16", "avx2", "other")  # fastest first
+FAST_BF16_CLASSES = ("amx", "avx512_bf16")  # only there does bf16 autocast beat fp32 (2.1-2.9x on Zen 4)
+# the /proc/cpuinfo flags that decide the class and the fp32/bf16 speed, recorded by bench
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str] | None:
+    """The first CPU's flags from /proc/cpuinfo (or from ``cpuinfo`` text); None if unreadable."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return None
+
+
+def host_class(flags: str | set[str] | None = None) -> str:
+    """The CPU's ISA class: ``amx``, ``avx512_bf16``, ``avx2`` or ``other``.
+
+    ``flags`` is a space-separated flags string (or set) as in /proc/cpuinfo; None reads this
+    host's. Without /proc/cpuinfo (not Linux), torch's own bf16/AMX probes decide.
+    """
+    found = set(flags.split()) if isinstance(flags, str) else flags
+    if found is None:
+        found = cpu_flags()
+    if found is None:
+        found = set()
+        if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
+            found |= {"amx_tile", "amx_bf16"}
+        if getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)():
+            found.add("avx512_bf16")
+    if {"amx_tile", "amx_bf16"} <= found:
+        return "amx"
+    if "avx512_bf16" in found:
+        return "avx512_bf16"
+    return "avx2" if "avx2" in found else "other"
+
+
+def _pick_dtype(precision: str, device: torch.device, host: str | None = None) -> torch.dtype | None:
+    """The autocast dtype; ``auto`` on a CPU picks bf16 only on a fast-bf16 host class, else fp32."""
     if precision == "fp32":
         return None
     if precision == "fp16":
@@ -84,9 +127,7 @@ def _pick_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    is_bf16_cpu = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-    is_amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    return torch.bfloat16 if (is_bf16_cpu or is_amx) else None
+    return torch.bfloat16 if (host or host_class()) in FAST_BF16_CLASSES else None
 
 
 def setup(cfg, distributed: bool = True) -> Runtime:

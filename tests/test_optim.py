@@ -63,3 +63,45 @@ def test_cosine_with_warmup():
     assert cosine_with_warmup(10, 100, 10) == pytest.approx(1.0)
     assert cosine_with_warmup(55, 100, 10) == pytest.approx(0.5)
     assert cosine_with_warmup(100, 100, 10, min_ratio=0.1) == pytest.approx(0.1)
+
+
+def test_looksam_off_step_by_hand():
+    # L = 0.5 * sum(a * w^2): grad = a * w, so g_s = a * (w + e) is not parallel to g
+    a = torch.tensor([1.0, 3.0], dtype=torch.float64)
+    w = nn.Parameter(torch.tensor([2.0, 1.0], dtype=torch.float64))
+    opt = SAM([w], torch.optim.SGD, rho=0.5, adaptive=False, every=2, alpha=0.7, lr=0.1)
+    loss = lambda: (0.5 * a * w ** 2).sum()  # noqa: E731
+    assert opt.perturbs_this_step
+    loss().backward()
+    opt.first_step()
+    loss().backward()
+    opt.second_step()
+    assert not opt.perturbs_this_step
+    loss().backward()
+    opt.reuse_step()
+    assert opt.perturbs_this_step and opt.steps == 2
+
+    w0 = torch.tensor([2.0, 1.0], dtype=torch.float64)
+    g = a * w0
+    g_s = a * (w0 + 0.5 * g / g.norm())
+    g_v = g_s - (g_s @ g) / (g @ g) * g  # the part of the SAM gradient orthogonal to g
+    w1 = w0 - 0.1 * g_s
+    g1 = a * w1
+    w2 = w1 - 0.1 * (g1 + 0.7 * g1.norm() / g_v.norm() * g_v)
+    assert w.detach().tolist() == pytest.approx(w2.tolist(), rel=1e-12)
+
+
+def test_looksam_every_must_be_positive():
+    with pytest.raises(ValueError, match="every must be >= 1"):
+        SAM([nn.Parameter(torch.ones(2))], torch.optim.SGD, lr=0.1, every=0)
+
+
+def test_full_sam_state_dict_has_no_looksam_keys():
+    w = nn.Parameter(torch.ones(2))
+    opt = SAM([w], torch.optim.SGD, lr=0.1, momentum=0.9)
+    w.sum().backward()
+    opt.first_step()
+    w.sum().backward()
+    opt.second_step()
+    assert set(opt.state_dict()) == {"state", "param_groups"}  # checkpoints as before LookSAM existed
+    assert set(opt.state_dict()["state"][0]) == {"momentum_buffer"}

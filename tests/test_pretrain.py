@@ -1,9 +1,11 @@
+import io
 import json
 
 import pytest
 import torch
 
-from simclr_ad import checkpoint, pretrain
+from simclr_ad import checkpoint, losses, optim, pretrain, runtime
+from simclr_ad.config import ConfigError, PretrainConfig
 from simclr_ad.models import build_backbone
 from tests.conftest import TINY
 
@@ -117,3 +119,125 @@ def test_masked_negatives_get_each_batchs_subject_ids(tmp_path, monkeypatch):
     assert lines[-1]["n_groups"] >= 2  # phantom subject ids are known: they are the groups
     assert calls and all(len(g) == 32 for g in calls)  # one group id per sample of each batch
     assert any(len(torch.unique(g)) < len(g) for g in calls)  # a batch does hold same-subject slices
+
+
+def _bn_net(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 8))
+
+
+def _views(steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(1)
+    return [(torch.randn(6, 1, 8, 8, generator=generator), torch.randn(6, 1, 8, 8, generator=generator))
+            for _ in range(steps)]
+
+
+def _run_steps(model, optimizer, views, rt):
+    loss_fn = losses.nt_xent(0.5)
+    for i, (x0, x1) in enumerate(views):
+        pretrain.simclr_step(model, x0, x1, loss_fn, optimizer, rt, f"step {i}")
+
+
+def _cpu_fp32():
+    return runtime.Runtime(device=torch.device("cpu"), dtype=None, channels_last=False)
+
+
+def test_sam_every_1_equals_full_sam_bit_for_bit(one_torch_thread):
+    views, rt = _views(5), _cpu_fp32()
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        model, reference = _bn_net(), _bn_net()
+        _run_steps(model, pretrain.build_optimizer(PretrainConfig(sam_every=1), model), views, rt)
+        _full_sam_by_hand(reference, views)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+    for (name, ours), theirs in zip(model.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(ours, theirs), name
+
+
+def _full_sam_by_hand(reference, views) -> None:
+    """Full SAM as simclr_step ran it before LookSAM existed: two passes every step, BN frozen on the second."""
+    opt = optim.SAM(optim.param_groups_no_decay(reference, 1e-6), torch.optim.SGD, rho=2.0, adaptive=True,
+                    lr=1e-2, momentum=0.9, fused=True)
+    loss_fn = losses.nt_xent(0.5)
+    for x0, x1 in views:
+        z0, z1 = reference(torch.cat([x0, x1])).chunk(2)
+        loss_fn(z0, z1).backward()
+        opt.first_step(zero_grad=True)
+        with optim.frozen_bn_stats(reference):
+            z0, z1 = reference(torch.cat([x0, x1])).chunk(2)
+            loss_fn(z0, z1).backward()
+        opt.second_step(zero_grad=True)
+
+
+def _count_passes(model) -> dict:
+    calls = {"forward": 0, "backward": 0}
+    model.register_forward_hook(lambda *_: calls.__setitem__("forward", calls["forward"] + 1))
+    model[0].weight.register_hook(lambda grad: calls.__setitem__("backward", calls["backward"] + 1))
+    return calls
+
+
+def test_sam_every_k_takes_one_pass_between_perturbations(one_torch_thread):
+    views, rt = _views(7), _cpu_fp32()
+    model = _bn_net()
+    calls = _count_passes(model)
+    optimizer = pretrain.build_optimizer(PretrainConfig(sam_every=3), model)
+    _run_steps(model, optimizer, views, rt)
+    assert calls == {"forward": 7 + 3, "backward": 7 + 3}  # two passes at steps 0, 3 and 6 only
+    full = _bn_net()
+    full_calls = _count_passes(full)
+    _run_steps(full, pretrain.build_optimizer(PretrainConfig(), full), views, rt)
+    assert full_calls == {"forward": 14, "backward": 14}
+    first = _bn_net()
+    _run_steps(first, pretrain.build_optimizer(PretrainConfig(sam_every=3), first), views[:1], rt)
+    once = _bn_net()
+    _run_steps(once, pretrain.build_optimizer(PretrainConfig(), once), views[:1], rt)
+    assert all(torch.equal(a, b) for a, b in zip(first.parameters(), once.parameters()))  # step 0 is full SAM
+    assert not all(torch.equal(a, b) for a, b in zip(model.parameters(), full.parameters()))
+
+
+def test_sam_every_k_updates_running_stats_once_per_step(one_torch_thread):
+    views, rt = _views(4), _cpu_fp32()
+    model, reference = _bn_net(), _bn_net()
+    optimizer = pretrain.build_optimizer(PretrainConfig(sam_every=2, lr=1e-12, sam_rho=0.0), model)
+    _run_steps(model, optimizer, views, rt)  # perturb, reuse, perturb, reuse
+    for x0, x1 in views:
+        reference(torch.cat([x0, x1]))  # one training-mode forward per step
+    assert torch.allclose(model[1].running_mean, reference[1].running_mean)
+    assert torch.allclose(model[1].running_var, reference[1].running_var)
+
+
+def test_sam_every_k_resumes_mid_cycle_exactly(one_torch_thread):
+    views, rt = _views(7), _cpu_fp32()
+    straight = _bn_net()
+    _run_steps(straight, pretrain.build_optimizer(PretrainConfig(sam_every=3), straight), views, rt)
+    first = _bn_net()
+    optimizer = pretrain.build_optimizer(PretrainConfig(sam_every=3), first)
+    _run_steps(first, optimizer, views[:4], rt)  # stopped one step into the second cycle
+    buffer = io.BytesIO()
+    torch.save({"model": first.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    resumed = _bn_net(seed=5)
+    resumed.load_state_dict(saved["model"])
+    optimizer = pretrain.build_optimizer(PretrainConfig(sam_every=3), resumed)
+    optimizer.load_state_dict(saved["optimizer"])
+    assert optimizer.steps == 4 and not optimizer.perturbs_this_step
+    _run_steps(resumed, optimizer, views[4:], rt)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), straight.state_dict().values()))
+
+
+def test_sam_every_is_checked():
+    with pytest.raises(ConfigError, match="'sam_every' must be >= 1"):
+        PretrainConfig(sam_every=0)
+
+
+def test_looksam_pretrain_runs_and_its_checkpoint_keeps_the_cycle(tmp_path):
+    out = tmp_path / "run"
+    pretrain.main(["--config", TINY, "--out", str(out), "--epochs", "1", "--knn-every", "0", "--sam-every", "2"])
+    ckpt = checkpoint.load(out / "checkpoints" / "last.pt")
+    assert ckpt["config"]["sam_every"] == 2
+    assert ckpt["optimizer"]["sam_steps"] == ckpt["step"] > 0  # resume continues the cycle where it stopped
+    assert any("sam_gv" in state for state in ckpt["optimizer"]["state"].values())
