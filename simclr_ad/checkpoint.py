@@ -12,6 +12,7 @@ import io
 import math
 import os
 import pickle
+import re
 import subprocess
 import tempfile
 import zipfile
@@ -82,8 +83,12 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if unsafe is None:  # garbage, not a payload: the unpickler met bytes it cannot parse
+            raise CheckpointError(f"cannot read checkpoint {path}: it is corrupt (its data.pkl does not "
+                                  "parse; truncated or overwritten?)") from None
         raise CheckpointError(f"refusing to load {path}: it holds objects other than tensors and plain "
-                              f"data (weights_only=True): {str(err).splitlines()[0][:160]}") from None
+                              f"data (weights_only=True): {unsafe.group(1)}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError) as err:
         raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a torch file): "
                               f"{str(err).splitlines()[0][:160] if str(err) else type(err).__name__}") from None

@@ -107,6 +107,7 @@ def run(cfg: FinetuneConfig, images: data.ImageSet | None = None) -> Path:
     # ---------------------------------------------------------------- data
     images = images if images is not None else data.load_dataset(cfg)
     split = splits.splits_for(cfg, images)
+    splits.check_evaluable(split)
     classes, all_labels = task_labels(images, cfg)
     index = {name: images.indices_of(paths) for name, paths in
              (("train", splits.label_subset(split, cfg.label_frac)), ("val", split["val"]), ("test", split["test"]))}
