@@ -111,7 +111,7 @@ def _not_a_usable_file(path: Path, root: Path) -> str | None:
         return "broken symlink"
     if not path.is_file():
         return "not a regular file (a FIFO, socket or device)"
-    if path.is_symlink() and root not in path.resolve().parents:
+    if root not in path.resolve().parents:  # a symlink, or a file under a symlinked folder
         return f"symlink to {shown(path.resolve())}, outside the data root"
     return None
 

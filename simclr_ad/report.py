@@ -722,7 +722,7 @@ def pretrain_curve(run_dir: Path, dest: Path) -> bytes | None:
 # --------------------------------------------------------------------------- ablation
 
 ABLATION_BASE = "base"  # the variant the others are compared with (configs/cpu.yaml unchanged)
-_NOT_A_KNOB = {"out", "format"}
+_NOT_A_KNOB = {"out", "format", "overwrite"}
 
 
 @dataclass
