@@ -262,6 +262,9 @@ def restore_cell(cfg: FinetuneConfig, record_dir: Path) -> bool:
 def sweep(cfg: FinetuneConfig) -> Path:
     """Run the grid inits x modes x fractions x seeds; finished runs (with metrics.json) are skipped.
 
+    A cell whose recorded settings, split or encoder differ is refused (rundir.py), and so is a
+    ``splits.json`` these settings would compute differently; ``--overwrite`` redoes them.
+
     One split file, written at the sweep root, serves every cell. Under torchrun,
     grid cells are spread over ranks (rank r runs every world_size-th cell).
     """
