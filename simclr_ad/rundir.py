@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import errno
+import fcntl
 import functools
 import hashlib
 import json
@@ -27,7 +28,8 @@ from typing import Any, Callable, TypeVar
 
 import yaml
 
-from simclr_ad import checkpoint
+from simclr_ad import checkpoint, splits
+from simclr_ad.config import config_to_dict, write_config
 from simclr_ad.errors import UserError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -38,7 +40,7 @@ LAUNCH_KEYS = frozenset({"out", "progress", "num_threads", "cache_dir", "splits"
 IDENTITY_FILE = "identity.json"  # what config.yaml cannot say: the split file's and the encoder's content
 LOCK_FILE = ".lock"
 STATE_FILES = ("last.pt", "best.pt", "checkpoints/last.pt", "encoder.pt", "metrics.json")  # a run made these
-RECORD_FILES = ("config.yaml", IDENTITY_FILE, "metrics.jsonl", "metrics.json", "predictions.csv")
+RUN_RECORDS = ("config.yaml", IDENTITY_FILE, "metrics.jsonl", "metrics.json", "predictions.csv")
 IDENTITY_KEYS = ("splits_sha256", "encoder_sha256", "init_sha256")
 SPLIT_KEYS = ("train", "val", "test", "groups", "train_rank", "fractions", "classes", "group_by", "seed")
 
@@ -111,7 +113,7 @@ def _show(value: Any) -> str:
 
 def clear(run_dir: Path) -> None:
     """Remove a run's checkpoints and records (only the files a stage writes, never anything else)."""
-    for name in (*STATE_FILES, *RECORD_FILES):
+    for name in (*STATE_FILES, *RUN_RECORDS):
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / "tb", ignore_errors=True)
 
@@ -125,7 +127,7 @@ def decide(run_dir: Path, cfg: Any) -> str:
     if recorded is None:
         raise RunDirError(f"{run_dir} holds {made[0]} but no readable config.yaml saying how it was made; "
                           "pass --overwrite to start afresh, or use another --out")
-    wanted = comparable(_config_dict(cfg))
+    wanted = comparable(config_to_dict(cfg))
     diffs = differences(comparable(recorded), wanted)
     known = _read_json(run_dir / IDENTITY_FILE)  # None in run dirs made before it existed
     if known is not None:
@@ -145,26 +147,18 @@ def decide(run_dir: Path, cfg: Any) -> str:
                       "(its config.yaml) to resume, pass --overwrite to start afresh, or use another --out")
 
 
-def _config_dict(cfg: Any) -> dict[str, Any]:
-    from simclr_ad.config import config_to_dict
-
-    return config_to_dict(cfg)
-
-
 def claim(cfg: Any, default_out: str, enabled: bool = True) -> Path:
     """Open ``cfg.out`` (or ``default_out``) for this run: lock it, apply the resume rule, record it.
 
     ``enabled`` False (torchrun ranks other than 0) only creates the dir: rank 0 decides.
     """
-    from simclr_ad.config import write_config
-
     run_dir = locked(cfg.out or default_out, enabled)
     if not enabled:
         return run_dir
     remove_temp_files(run_dir)
     verdict = decide(run_dir, cfg)
     if verdict == "fresh":
-        if getattr(cfg, "overwrite", False) and any((run_dir / n).exists() for n in (*STATE_FILES, *RECORD_FILES)):
+        if getattr(cfg, "overwrite", False) and any((run_dir / n).exists() for n in (*STATE_FILES, *RUN_RECORDS)):
             print(f"--overwrite: starting {run_dir} afresh", flush=True)
         clear(run_dir)  # a run that never saved weights leaves no records to append to
         checkpoint.atomic_write_text(run_dir / IDENTITY_FILE, json.dumps(identity(cfg), indent=2) + "\n")
@@ -187,8 +181,6 @@ def locked(path: str | Path, enabled: bool = True) -> Path:
 
 def write_split(split: dict[str, Any], path: Path, overwrite: bool = False) -> None:
     """Write a sweep's split file, unless one exists that decides otherwise: its cells trained on it."""
-    from simclr_ad import splits
-
     if path.is_file() and not overwrite:
         old = _read_json(path)
         if old is not None and split_digest(old) == split_digest(split):
@@ -242,8 +234,6 @@ def acquire(run_dir: Path) -> int:
     The lock is an ``flock`` on ``run_dir/.lock``, which holds "pid host". The kernel drops it
     when its holder dies, so a lock left by a killed process is stale and taken over (and said so).
     """
-    import fcntl
-
     path = run_dir / LOCK_FILE
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
