@@ -9,8 +9,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import math
 import os
 import pickle
+import re
 import subprocess
 import tempfile
 import zipfile
@@ -81,8 +83,12 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if unsafe is None:  # garbage, not a payload: the unpickler met bytes it cannot parse
+            raise CheckpointError(f"cannot read checkpoint {path}: it is corrupt (its data.pkl does not "
+                                  "parse; truncated or overwritten?)") from None
         raise CheckpointError(f"refusing to load {path}: it holds objects other than tensors and plain "
-                              f"data (weights_only=True): {str(err).splitlines()[0][:160]}") from None
+                              f"data (weights_only=True): {unsafe.group(1)}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError) as err:
         raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a torch file): "
                               f"{str(err).splitlines()[0][:160] if str(err) else type(err).__name__}") from None
@@ -182,6 +188,34 @@ def prepare_run_dir(path: str | Path) -> Path:
     return path
 
 
+# param-group keys that are torch implementation choices, or that schedules move
+_NOT_SETTINGS = {"params", "lr", "initial_lr", "foreach", "fused", "capturable", "differentiable", "maximize",
+                 "decoupled_weight_decay"}
+
+
+def optimizer_mismatch(built: list[dict], restored: list[dict], scheduler=None) -> str | None:
+    """How a checkpoint's optimizer differs from the one the config built ("lr 0.001, the config
+    asks for 0.01"), or None. The LR is compared at its schedule's base: ``initial_lr`` (LambdaLR)
+    or, under ReduceLROnPlateau, the config's LR times a whole power of the plateau factor."""
+    if len(built) != len(restored):
+        return f"{len(restored)} parameter group(s), the config builds {len(built)}"
+    for new, old in zip(built, restored):
+        for key in sorted((set(new) | set(old)) - _NOT_SETTINGS):
+            a, b = old.get(key), new.get(key)
+            if (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
+                return f"{key} {a}, the config asks for {b}"
+        if "initial_lr" in new and "initial_lr" in old:
+            if not math.isclose(old["initial_lr"], new["initial_lr"], rel_tol=1e-9):
+                return f"lr {old['initial_lr']}, the config asks for {new['initial_lr']}"
+        elif isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and 0 < scheduler.factor < 1:
+            steps = math.log(old["lr"] / new["lr"]) / math.log(scheduler.factor) if old["lr"] > 0 else 0.0
+            if steps < -1e-6 or abs(steps - round(steps)) > 1e-6:
+                return f"lr {old['lr']}, the config asks for {new['lr']}"
+        elif not math.isclose(old.get("lr", 0.0), new.get("lr", 0.0), rel_tol=1e-9):
+            return f"lr {old.get('lr')}, the config asks for {new.get('lr')}"
+    return None
+
+
 def restore(path: Path, model: torch.nn.Module, optimizer=None, scheduler=None,
             arch: str | None = None) -> dict[str, Any] | None:
     """Resume from ``path`` if it exists: weights, optimizer, scheduler and RNG; returns the dict."""
@@ -193,6 +227,11 @@ def restore(path: Path, model: torch.nn.Module, optimizer=None, scheduler=None,
                               "use another --out or the same arch")
     model.load_state_dict(ckpt["model"])
     if optimizer is not None and ckpt.get("optimizer") is not None:
+        mismatch = optimizer_mismatch(optimizer.param_groups, ckpt["optimizer"].get("param_groups", []), scheduler)
+        if mismatch:
+            raise CheckpointError(f"{path} was trained with {mismatch}: resuming would keep the old value "
+                                  "behind the config's back; resume with the settings it was made with, or "
+                                  "pass --overwrite to start afresh")
         optimizer.load_state_dict(ckpt["optimizer"])
     if scheduler is not None and ckpt.get("scheduler") is not None:
         scheduler.load_state_dict(ckpt["scheduler"])

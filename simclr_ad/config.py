@@ -61,6 +61,8 @@ class CommonConfig:
     num_threads: int = 0  # 0: all cores
     sync_bn: bool = True  # SyncBatchNorm under torchrun on GPUs (torch has no CPU SyncBatchNorm)
     progress: bool = True
+    # a run dir whose recorded settings differ is refused; --overwrite starts it afresh instead (see rundir.py)
+    overwrite: bool = False
     format: int = CONFIG_FORMAT
 
     def __post_init__(self) -> None:

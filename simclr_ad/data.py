@@ -33,6 +33,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                "test": "test", "testing": "test"}
 CACHE_FORMAT = 1
+MAX_ASPECT = 10  # images are padded square before resizing: a 1x150000 strip would ask for 22.5 GB
 
 
 class DataError(UserError):
@@ -95,13 +96,39 @@ def _is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _files_under(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+def shown(path: str | Path) -> str:
+    """A path as text that can always be printed and written (non-UTF-8 bytes escaped)."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
+def _not_a_usable_file(path: Path, root: Path) -> str | None:
+    """Why a class-folder entry cannot be an image (named in the skipped list), or None."""
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8 (rename the file)"
+    if path.is_symlink() and not path.exists():
+        return "broken symlink"
+    if not path.is_file():
+        return "not a regular file (a FIFO, socket or device)"
+    if root not in path.resolve().parents:  # a symlink, or a file under a symlinked folder
+        return f"symlink to {shown(path.resolve())}, outside the data root"
+    return None
+
+
+def _files_under(folder: Path, root: Path) -> tuple[list[Path], list[tuple[str, str]]]:
     files, skipped = [], []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        if path.name.startswith("."):
+    for path in sorted(folder.rglob("*")):
+        if path.name.startswith(".") or path.is_dir():
             continue
-        (files if _is_image_name(path) else skipped).append(path)
-    return files, [(str(p), "not an image extension") for p in skipped]
+        reason = _not_a_usable_file(path, root.resolve())
+        if reason is None and not _is_image_name(path):
+            reason = "not an image extension"
+        if reason is None:
+            files.append(path)
+        else:
+            skipped.append((shown(path), reason))
+    return files, skipped
 
 
 def _class_dirs(folder: Path) -> list[Path]:
@@ -125,7 +152,7 @@ def _scan_class_folders(root: Path, split_dirs: dict[str, Path] | None) -> Image
     for split, folder in groups.items():
         per_split[split] = {}
         for class_dir in _class_dirs(folder):
-            files, bad = _files_under(class_dir)
+            files, bad = _files_under(class_dir, root)
             skipped += bad
             if not files:
                 raise DataError(f"No images found under {class_dir} "
@@ -154,27 +181,48 @@ def _scan_class_folders(root: Path, split_dirs: dict[str, Path] | None) -> Image
                     presplit=presplit if split_dirs else None, skipped=skipped)
 
 
+def _confined(csv_path: Path, root: Path, line: int, value: str, allow_absolute: bool) -> Path:
+    """The file a manifest cell names, refused when it leaves the data root (unless allowed)."""
+    path = Path(value)
+    if path.is_absolute() and not allow_absolute:
+        raise DataError(f"manifest {csv_path} line {line}: absolute path {value!r} "
+                        "(only paths inside the data root are allowed)")
+    full = (root / path).resolve()
+    if not allow_absolute and root not in full.parents:
+        raise DataError(f"manifest {csv_path} line {line}: {value!r} points outside {root}")
+    return full
+
+
+def _read_manifest(csv_path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    try:  # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = [c.strip().lower() for c in (reader.fieldnames or [])]
+            rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    except UnicodeDecodeError as err:
+        raise DataError(f"manifest {csv_path} is not UTF-8 text (byte {err.start} is {err.object[err.start]:#04x}); "
+                        "save it as UTF-8 (Excel: CSV UTF-8)") from None
+    return columns, rows
+
+
 def _scan_manifest(csv_path: Path, allow_absolute: bool) -> ImageSet:
     root = csv_path.parent.resolve()
-    with open(csv_path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        columns = [c.strip().lower() for c in (reader.fieldnames or [])]
-        if "path" not in columns or "label" not in columns:
-            raise DataError(f"manifest {csv_path} needs columns 'path' and 'label' (found: {', '.join(columns)})")
-        rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    columns, rows = _read_manifest(csv_path)
+    if "path" not in columns or "label" not in columns:
+        raise DataError(f"manifest {csv_path} needs columns 'path' and 'label' (found: {', '.join(columns)})")
     if not rows:
         raise DataError(f"manifest {csv_path} lists no images")
-    skipped, kept = [], []
+    skipped, kept, first_line = [], [], {}
     for line, row in enumerate(rows, start=2):
         if not row["label"]:
             raise DataError(f"manifest {csv_path} line {line}: empty label for {row['path']!r}")
-        path = Path(row["path"])
-        if path.is_absolute() and not allow_absolute:
-            raise DataError(f"manifest {csv_path} line {line}: absolute path {row['path']!r} "
-                            "(only paths inside the data root are allowed)")
-        full = (root / path).resolve()
-        if not allow_absolute and root not in full.parents:
-            raise DataError(f"manifest {csv_path} line {line}: {row['path']!r} points outside {root}")
+        full = _confined(csv_path, root, line, row["path"], allow_absolute)
+        if full in first_line:  # one image twice: in train and test at once, or in two classes
+            raise DataError(f"manifest {csv_path} line {line}: {row['path']!r} is already listed on line "
+                            f"{first_line[full]}; list every image once")
+        first_line[full] = line
+        if row.get("mask"):
+            _confined(csv_path, root, line, row["mask"], allow_absolute)
         if not full.is_file():
             skipped.append((row["path"], "listed in the manifest but missing"))
             continue
@@ -242,6 +290,9 @@ def _to_gray(img: Image.Image) -> Image.Image:
 def decode_image(data: bytes, size: int) -> tuple[np.ndarray, tuple[int, int], str]:
     """Decode image bytes to uint8 [size, size]: grayscale, padded to square with black, resized."""
     with Image.open(io.BytesIO(data)) as img:
+        width, height = img.size
+        if max(width, height) > MAX_ASPECT * max(1, min(width, height)):  # padding it square would be huge
+            raise ValueError(f"aspect ratio {width}x{height} is beyond {MAX_ASPECT}:1, not an image slice")
         img.load()
         original = (img.size, img.mode)
         gray = _to_gray(img)
@@ -270,17 +321,17 @@ def decode(images: ImageSet, size: int, cache_dir: str | Path | None = None, str
 
     blobs, digests = [], []
     for rel in images.paths:
-        data = _read_bytes(images.root, rel)
+        try:
+            data: bytes | OSError = _read_bytes(images.root, rel)
+        except OSError as err:  # e.g. no read permission: skipped by name like an undecodable file
+            data = err
         blobs.append(data)
-        digests.append(hashlib.sha1(data).hexdigest())
+        digests.append(hashlib.sha1(data).hexdigest() if isinstance(data, bytes) else f"unread:{data.errno}")
     key = hashlib.sha256(f"{CACHE_FORMAT}:{size}:{','.join(digests)}".encode()).hexdigest()[:24]
     cache_file = Path(cache_dir or default_cache_dir()) / "decoded" / f"{key}-{size}.npz"
-    if cache_file.is_file():
-        cached = np.load(cache_file, allow_pickle=False)
-        ok = cached["ok"]
-        arrays = cached["images"]
-        reasons = [str(r) for r in cached["reasons"]]
-        info = [((int(w), int(h)), str(m)) for (w, h), m in zip(cached["sizes"], cached["modes"])]
+    cached = _load_cache(cache_file, len(blobs), size)
+    if cached is not None:
+        arrays, ok, reasons, info = cached
     else:
         arrays = np.zeros((len(blobs), size, size), dtype=np.uint8)
         ok = np.zeros(len(blobs), dtype=bool)
@@ -288,6 +339,8 @@ def decode(images: ImageSet, size: int, cache_dir: str | Path | None = None, str
         bar = tqdm(blobs, desc="decoding images", unit="img", disable=not progress, leave=False)
         for i, data in enumerate(bar):
             try:
+                if isinstance(data, OSError):
+                    raise data
                 arrays[i], wh, mode = decode_image(data, size)
                 ok[i] = True
                 reasons.append("")
@@ -307,12 +360,38 @@ def decode(images: ImageSet, size: int, cache_dir: str | Path | None = None, str
     out = replace(images, info=info, skipped=images.skipped + bad).subset(keep)
     out.images = torch.from_numpy(np.ascontiguousarray(arrays[keep])).unsqueeze(1)
     if out.mask_paths is not None:
-        out.masks = torch.from_numpy(np.stack([
-            decode_image(_read_bytes(out.root, m), size)[0] > 127 for m in out.mask_paths
-        ])).unsqueeze(1)
+        out.masks = torch.from_numpy(np.stack([_decode_mask(out.root, m, p, size)
+                                               for m, p in zip(out.mask_paths, out.paths)])).unsqueeze(1)
     if len(out) == 0:
         raise DataError(f"no readable images under {images.root}")
     return out
+
+
+def _decode_mask(root: Path, mask: str, image: str, size: int) -> np.ndarray:
+    try:
+        return decode_image(_read_bytes(root, mask), size)[0] > 127
+    except FileNotFoundError:
+        raise DataError(f"mask {mask!r} of {image!r} does not exist under {root}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        reason = "not a readable image" if isinstance(err, UnidentifiedImageError) else f"{type(err).__name__}: {err}"
+        raise DataError(f"mask {mask!r} of {image!r} cannot be read ({reason[:120]})") from None
+
+
+def _load_cache(path: Path, n: int, size: int):
+    """The cached decode (arrays, ok, reasons, info), or None to decode afresh; a corrupt file is rebuilt."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as cached:
+            arrays, ok = cached["images"], cached["ok"]
+            reasons = [str(r) for r in cached["reasons"]]
+            info = [((int(w), int(h)), str(m)) for (w, h), m in zip(cached["sizes"], cached["modes"])]
+        if arrays.shape != (n, size, size) or ok.shape != (n,) or len(reasons) != n or len(info) != n:
+            raise ValueError("unexpected shapes")
+    except Exception as err:  # noqa: BLE001 - any unreadable cache is only a cache: decode again
+        warnings.warn(f"image cache {path} is corrupt ({type(err).__name__}); rebuilding it", stacklevel=3)
+        return None
+    return arrays, ok, reasons, info
 
 
 def _save_cache(path: Path, arrays, ok, reasons, info) -> None:

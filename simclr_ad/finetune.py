@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from simclr_ad import augment, checkpoint, data, evaluate, losses, runtime, splits
-from simclr_ad.config import FinetuneConfig, config_to_dict, parse_config, replace, write_config
+from simclr_ad import augment, checkpoint, data, evaluate, losses, rundir, runtime, splits
+from simclr_ad.config import FinetuneConfig, config_to_dict, parse_config, replace
 from simclr_ad.data import class_key
 from simclr_ad.errors import UserError, friendly_errors
 from simclr_ad.models import build_classifier, init_backbone
@@ -112,21 +112,22 @@ def write_predictions(path: Path, paths: list[str], groups: list[str], labels: n
     checkpoint.atomic_write_text(path, buffer.getvalue())
 
 
+@rundir.holds_run_dirs
 def run(cfg: FinetuneConfig, images: data.ImageSet | None = None) -> Path:
     """One fine-tune run; returns its run dir (metrics.json marks it complete)."""
     # ---------------------------------------------------------------- config
     started = time.time()
     checkpoint.git_sha()  # record the code version as it is now, at the start
     rt = runtime.setup(cfg, distributed=False)  # one run = one process; sweeps spread runs over ranks
-    run_dir = checkpoint.prepare_run_dir(cfg.out or f"runs/finetune-{cfg.init}-{cfg.mode}-f{cfg.label_frac}-s{cfg.seed}")
+    run_dir = rundir.claim(cfg, f"runs/finetune-{cfg.init}-{cfg.mode}-f{cfg.label_frac}-s{cfg.seed}")
     if (run_dir / "metrics.json").is_file():  # the test split was already evaluated: never again
         print(f"fine-tuning already finished in {run_dir} (metrics.json)")
         return run_dir
-    write_config(cfg, run_dir / "config.yaml")
 
     # ---------------------------------------------------------------- data
     images = images if images is not None else data.load_dataset(cfg)
     split = splits.splits_for(cfg, images)
+    splits.check_evaluable(split)
     classes, all_labels = task_labels(images, cfg)
     index = {name: images.indices_of(paths) for name, paths in
              (("train", splits.label_subset(split, cfg.label_frac)), ("val", split["val"]), ("test", split["test"]))}
@@ -252,11 +253,6 @@ def _pretrain_on(cfg: FinetuneConfig) -> str | None:
     return (yaml.safe_load(config_file.read_text()) or {}).get("pretrain_on")
 
 
-# keys that say how a run was launched or which grid it belonged to, not what it computed
-_LAUNCH_KEYS = {"out", "progress", "num_threads", "cache_dir", "splits", "encoder", "restore_from",
-                "sweep", "fractions", "inits", "modes", "seeds"}
-
-
 def restore_cell(cfg: FinetuneConfig, record_dir: Path) -> bool:
     """Copy a finished cell's records from ``record_dir`` into ``cfg.out`` if they are this very run.
 
@@ -273,40 +269,46 @@ def restore_cell(cfg: FinetuneConfig, record_dir: Path) -> bool:
     recorded, metrics = yaml.safe_load(config_file.read_text()) or {}, json.loads(metrics_file.read_text())
     wanted = yaml.safe_load(yaml.safe_dump(config_to_dict(cfg)))
     split = json.loads(Path(cfg.splits).read_text()) if cfg.splits else {}
-    same = (all(recorded.get(key, wanted[key]) == wanted[key] for key in wanted if key not in _LAUNCH_KEYS)
+    same = (all(recorded.get(key, wanted[key]) == wanted[key] for key in wanted if key not in rundir.LAUNCH_KEYS)
             and (split.get("group_by"), split.get("seed")) == (metrics.get("group_by"), metrics.get("split_seed"))
             and (cfg.init != "simclr" or metrics.get("encoder_sha256") == checkpoint.file_sha256(cfg.encoder)))
     if same:
+        rundir.clear(Path(cfg.out))  # a half-run of this cell must not sit next to the restored records
         for name in RECORD_FILES:
             if (record_dir / name).is_file():
                 checkpoint.atomic_write_bytes(Path(cfg.out) / name, (record_dir / name).read_bytes())
     return same
 
 
+@rundir.holds_run_dirs
 def sweep(cfg: FinetuneConfig) -> Path:
     """Run the grid inits x modes x fractions x seeds; finished runs (with metrics.json) are skipped.
+
+    A cell whose recorded settings, split or encoder differ is refused (rundir.py), and so is a
+    ``splits.json`` these settings would compute differently; ``--overwrite`` redoes them.
 
     One split file, written at the sweep root, serves every cell. Under torchrun,
     grid cells are spread over ranks (rank r runs every world_size-th cell).
     """
-    root = checkpoint.prepare_run_dir(cfg.out or "runs/sweep")
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    root = rundir.locked(cfg.out or "runs/sweep", enabled=rank == 0)
     if "simclr" in cfg.inits and not cfg.encoder:
         raise UserError("the sweep includes --inits simclr: pass --encoder PRETRAIN_RUN/encoder.pt")
     images = data.load_dataset(cfg)
     split_file = Path(cfg.splits) if cfg.splits else root / "splits.json"
     if not cfg.splits:
-        splits.write_splits(splits.splits_for(cfg, images), split_file)
+        rundir.write_split(splits.splits_for(cfg, images), split_file, cfg.overwrite)
     # seeds outermost: a sweep stopped early still holds complete arm-vs-arm comparisons
     cells = [(init, mode, fraction, seed) for seed, fraction, mode, init in
              itertools.product(cfg.seeds, cfg.fractions, cfg.modes, cfg.inits)]
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     for i, (init, mode, fraction, seed) in enumerate(cells):
         out = root / f"{init}-{mode}" / f"frac{fraction:g}" / f"seed{seed}"
-        if i % world != rank or (out / "metrics.json").is_file():
+        if i % world != rank:
             continue
         cell = replace(cfg, sweep=False, init=init, mode=mode, label_frac=fraction, seed=seed, out=str(out),
                        splits=str(split_file))
-        if cfg.restore_from and restore_cell(cell, Path(cfg.restore_from) / out.relative_to(root)):
+        finished = (out / "metrics.json").is_file() and not cfg.overwrite  # run() checks it is this very cell
+        if cfg.restore_from and not finished and restore_cell(cell, Path(cfg.restore_from) / out.relative_to(root)):
             print(f"[{i + 1}/{len(cells)}] restored from {cfg.restore_from}: {out}", flush=True)
             continue
         print(f"[{i + 1}/{len(cells)}] {init} {mode} label_frac={fraction:g} seed={seed} -> {out}", flush=True)

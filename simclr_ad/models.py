@@ -145,7 +145,16 @@ def load_backbone_state(backbone: nn.Module, arch: str, state: dict[str, torch.T
     if found is not None and found != arch:
         raise ModelError(f"{source} holds a {found} encoder but the model is {arch} (--arch {found}?)")
     state = {k.removeprefix("backbone."): v for k, v in state.items() if not k.startswith(("head.", "projection_head."))}
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    stem = ".".join(_first_conv_path(arch)) + ".weight"
+    if stem in state and state[stem].ndim == 4 and state[stem].shape[1] == 3:
+        raise ModelError(f"{source} holds 3-channel (RGB) weights, e.g. torchvision's ImageNet {arch}; this "
+                         "toolkit's models take one grayscale channel: use --init imagenet for ImageNet weights "
+                         "(it folds the RGB stem to grayscale), or an encoder.pt of a pretrain run")
+    try:
+        missing, unexpected = backbone.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shapes that differ (another width or head)
+        raise ModelError(f"{source} does not fit a {arch} backbone: "
+                         f"{' '.join(str(err).split())[:240]}") from None
     if missing or unexpected:
         raise ModelError(f"{source} does not fit a {arch} backbone: {len(missing)} missing key(s) "
                          f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})")

@@ -22,14 +22,14 @@ from PIL import Image, UnidentifiedImageError
 
 from simclr_ad import augment, checkpoint, data, gradcam
 from simclr_ad.checkpoint import CheckpointError
-from simclr_ad.errors import friendly_errors
+from simclr_ad.errors import UserError, friendly_errors
 from simclr_ad.models import Classifier, build_classifier
 
 DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def load_classifier(path: str | Path) -> tuple[Classifier, dict[str, Any]]:
-    """A fine-tune checkpoint (``best.pt``/``last.pt``) as an eval-mode Classifier on the CPU.
+    """A fine-tune run's ``best.pt`` (the model selected on validation) as an eval-mode Classifier on the CPU.
 
     Returns (model, info) with info = {"arch", "classes", "image_size", "task", "config"}.
     A checkpoint that is not a fine-tuned classifier is one CheckpointError naming the file.
@@ -40,6 +40,10 @@ def load_classifier(path: str | Path) -> tuple[Classifier, dict[str, Any]]:
         raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a torch file): "
                               f"{type(err).__name__}: {err}") from None
     extra = ckpt.get("extra") or {}
+    if "stale_epochs" in extra and "classes" not in extra:  # finetune's last.pt: its extra is the selection state
+        raise CheckpointError(f"{path} is a fine-tune run's training checkpoint (last.pt), the model of its last "
+                              f"epoch; predict with {Path(path).with_name('best.pt')}, the model selected on "
+                              "validation and tested")
     if "model" not in ckpt or "arch" not in ckpt or "classes" not in extra or "image_size" not in extra:
         raise CheckpointError(f"{path} is not a fine-tuned classifier checkpoint (it lacks model/arch/"
                               "extra.classes/extra.image_size); pass RUN_DIR/best.pt of a finetune run")
@@ -75,6 +79,9 @@ def _decode_all(paths: Sequence[str], size: int) -> tuple[dict[int, np.ndarray],
     """Decoded uint8 [S,S] per readable image index, and the reason per unreadable one."""
     decoded, failed = {}, {}
     for i, path in enumerate(paths):
+        if not Path(path).is_dir() and Path(path).suffix.lower() not in data.IMAGE_EXTENSIONS:
+            failed[i] = f"not an image extension (training reads {'/'.join(data.IMAGE_EXTENSIONS)} only)"
+            continue
         try:
             decoded[i] = data.decode_image(Path(path).read_bytes(), size)[0]
         except DECODE_ERRORS as err:
@@ -122,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.num_threads)
 
     # ---------------------------------------------------------------- model and images
+    if args.gradcam and Path(args.gradcam).exists() and not Path(args.gradcam).is_dir():
+        raise UserError(f"--gradcam {args.gradcam} is a file; give a directory for the overlay PNGs")
     model, info = load_classifier(args.checkpoint)
     classes, size = info["classes"], info["image_size"]
     decoded, failed = _decode_all(args.images, size)

@@ -18,8 +18,8 @@ import torch
 import torchvision
 from tqdm import tqdm
 
-from simclr_ad import augment, checkpoint, data, evaluate, losses, optim, runtime, splits
-from simclr_ad.config import PretrainConfig, config_to_dict, parse_config, write_config
+from simclr_ad import augment, checkpoint, data, evaluate, losses, optim, rundir, runtime, splits
+from simclr_ad.config import PretrainConfig, config_to_dict, parse_config
 from simclr_ad.errors import UserError, friendly_errors
 from simclr_ad.models import SimCLRModel, build_backbone, init_backbone
 from simclr_ad.runlog import RunLog
@@ -156,14 +156,13 @@ def log_embeddings(model, images: data.ImageSet, cfg: PretrainConfig, rt: runtim
 
 
 @friendly_errors
+@rundir.holds_run_dirs
 def main(argv: list[str] | None = None) -> Path:
     # ---------------------------------------------------------------- config
     cfg = parse_config(PretrainConfig, "pretrain", argv, __doc__)
     rt = runtime.setup(cfg)
     checkpoint.git_sha()  # record the code version as it is now, at the start
-    run_dir = checkpoint.prepare_run_dir(cfg.out or f"runs/pretrain-{cfg.arch}-{cfg.image_size}")
-    if rt.is_main:
-        write_config(cfg, run_dir / "config.yaml")
+    run_dir = rundir.claim(cfg, f"runs/pretrain-{cfg.arch}-{cfg.image_size}", enabled=rt.is_main)
     torch.manual_seed(cfg.seed)
 
     # ---------------------------------------------------------------- data

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import base64
 import csv
+import hashlib
 import html
 import io
 import json
@@ -131,9 +132,28 @@ def _read_run(run_dir: Path) -> Run | None:
     return Run(run_dir, config, metrics, problem)
 
 
+def _records_key(run_dir: Path) -> bytes:
+    """The run's record files' bytes: a copy (``--copy-runs``) of a run has the same ones."""
+    digest = hashlib.sha256()
+    for name in RECORD_FILES:
+        path = run_dir / name
+        digest.update(name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"") + b"\0")
+    return digest.digest()
+
+
+def _originality(run_dir: Path) -> tuple[bool, int]:
+    """Originals hold predictions and checkpoints; copies only records, nested deeper (REPORT/runs/...)."""
+    return (run_dir / "predictions.csv").is_file() or (run_dir / "best.pt").is_file(), -len(run_dir.resolve().parts)
+
+
 def find_runs(roots: Sequence[str | Path]) -> list[Run]:
-    """Every fine-tune run dir under ``roots`` (recursively), complete or not, each once."""
-    runs, seen = [], set()
+    """Every fine-tune run dir under ``roots`` (recursively), complete or not, each once.
+
+    A run found twice, as itself and as a copy of its records (a report's ``--copy-runs``
+    inside a runs dir), counts once: the copy would add a seed that was never run. The
+    original (with its checkpoints and predictions) is kept.
+    """
+    runs, seen, by_records = [], set(), {}
     for root in map(Path, roots):
         if not root.is_dir():
             raise ReportError(f"runs dir not found: {root}")
@@ -143,8 +163,16 @@ def find_runs(roots: Sequence[str | Path]) -> list[Run]:
                 continue
             seen.add(run_dir.resolve())
             run = _read_run(run_dir)
-            if run is not None:
-                runs.append(run)
+            if run is None:
+                continue
+            key = _records_key(run_dir)
+            if key in by_records:
+                kept = by_records[key]
+                if _originality(run_dir) > _originality(runs[kept].path):
+                    runs[kept] = run
+                continue
+            by_records[key] = len(runs)
+            runs.append(run)
     return runs
 
 
@@ -773,7 +801,7 @@ def pretrain_curve(run_dir: Path, dest: Path) -> bytes | None:
 # --------------------------------------------------------------------------- ablation
 
 ABLATION_BASE = "base"  # the variant the others are compared with (configs/cpu.yaml unchanged)
-_NOT_A_KNOB = {"out", "format"}
+_NOT_A_KNOB = {"out", "format", "overwrite"}
 
 
 @dataclass

@@ -564,6 +564,15 @@ def splits_for(cfg, images: ImageSet) -> dict:
     return make_splits(images, cfg.group_by, cfg.val_frac, cfg.test_frac, cfg.split_seed)
 
 
+def check_evaluable(splits: dict, where: str = "fine-tuning") -> None:
+    """Model selection needs validation images and the result needs test images: say so, by count."""
+    empty = [key for key in ("val", "test") if not splits.get(key)]
+    if empty:
+        raise DataError(f"{where} needs validation and test images, but the split has no {' and no '.join(empty)} "
+                        f"images ({len(splits.get('train') or [])} train); use more data, a larger --val-frac/"
+                        "--test-frac, or --group-by image if groups are too few")
+
+
 # --------------------------------------------------------------------------- audit
 
 def audit(images: ImageSet, splits: dict, max_examples: int = 12) -> dict:

@@ -185,3 +185,114 @@ def test_absolute_manifest_paths_only_when_allowed(tmp_path):
     with pytest.raises(DataError, match="absolute path"):
         scan(tmp_path / "ds")
     assert len(scan(tmp_path / "ds", allow_absolute=True)) == 2
+
+
+# ----------------------------------------------------------------------------- issue 18: leaks and blow-ups
+
+def _two_class_manifest(root, rows):
+    for i in range(4):
+        write_png(root / f"a{i}.png", seed=i)
+        write_png(root / f"b{i}.png", seed=10 + i)
+    (root / "manifest.csv").write_text("path,label\n" + rows)
+    return root
+
+
+def test_duplicate_manifest_rows_are_refused_by_line(tmp_path):
+    rows = "".join(f"a{i}.png,A\nb{i}.png,B\n" for i in range(4))
+    _two_class_manifest(tmp_path, rows + rows)  # every row twice: the same image in train and test
+    with pytest.raises(DataError, match=r"line 10: 'a0.png' is already listed on line 2"):
+        scan(tmp_path)
+    (tmp_path / "manifest.csv").write_text("path,label\na0.png,A\nb0.png,B\n./a0.png,B\n")  # one image, two labels
+    with pytest.raises(DataError, match=r"line 4: './a0.png' is already listed on line 2"):
+        scan(tmp_path)
+
+
+@pytest.mark.parametrize("mask", ["../../../etc/passwd", "/etc/passwd"])
+def test_manifest_masks_are_confined_to_the_data_root(tmp_path, mask):
+    write_png(tmp_path / "a.png")
+    write_png(tmp_path / "b.png", seed=2)
+    (tmp_path / "manifest.csv").write_text(f"path,label,mask\na.png,A,{mask}\nb.png,B,a.png\n")
+    with pytest.raises(DataError, match="line 2: (absolute path '/etc/passwd'|'../../../etc/passwd' points outside)"):
+        scan(tmp_path)
+
+
+@pytest.mark.parametrize("content,message", [(None, "mask 'gone.png' of 'a.png' does not exist"),
+                                             (b"junk", "mask 'gone.png' of 'a.png' cannot be read")])
+def test_missing_or_junk_mask_is_one_clear_error(tmp_path, content, message):
+    write_png(tmp_path / "a.png")
+    write_png(tmp_path / "b.png", seed=2)
+    if content is not None:
+        (tmp_path / "gone.png").write_bytes(content)
+    (tmp_path / "manifest.csv").write_text("path,label,mask\na.png,A,gone.png\nb.png,B,a.png\n")
+    with pytest.raises(DataError, match=message):
+        decode(scan(tmp_path), 16, tmp_path / "cache")
+
+
+def test_manifest_with_bom_is_read_and_non_utf8_is_one_error(tmp_path):
+    write_png(tmp_path / "a.png")
+    write_png(tmp_path / "b.png", seed=2)
+    (tmp_path / "manifest.csv").write_bytes(b"\xef\xbb\xbfpath,label\na.png,A\nb.png,B\n")  # Excel's CSV UTF-8
+    assert scan(tmp_path).classes == ["A", "B"]
+    (tmp_path / "manifest.csv").write_bytes("path,label\na.png,Démence\nb.png,B\n".encode("latin-1"))
+    with pytest.raises(DataError, match="is not UTF-8 text"):
+        scan(tmp_path)
+
+
+def test_an_absurd_aspect_ratio_is_skipped_by_name_not_padded(class_folders, tmp_path):
+    from PIL import Image
+
+    strip = class_folders / "Mild_Demented" / "strip.png"
+    Image.new("L", (1, 150000), 255).save(strip)  # a few hundred bytes; padded square it is 22.5 GB
+    assert strip.stat().st_size < 2000
+    with pytest.warns(UserWarning, match="strip.png"):
+        found = decode(scan(class_folders), 32, tmp_path / "cache")
+    assert len(found) == 18 and "aspect ratio 1x150000" in dict(found.skipped)["Mild_Demented/strip.png"]
+    with pytest.raises(ValueError, match="aspect ratio"):
+        data.decode_image(strip.read_bytes(), 32)
+
+
+def test_non_utf8_broken_symlink_fifo_and_outside_symlink_are_named(class_folders, tmp_path):
+    import os
+
+    folder = class_folders / "Non_Demented"
+    write_png(tmp_path / "outside.png", seed=7)
+    with open(os.path.join(os.fsencode(folder), b"bad\xff.png"), "wb") as handle:
+        handle.write((folder / "img_0.png").read_bytes())
+    (folder / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    (folder / "outside.png").symlink_to(tmp_path / "outside.png")
+    os.mkfifo(folder / "pipe.png")
+    found = scan(class_folders)
+    reasons = {path.rsplit("/", 1)[-1]: why for path, why in found.skipped}
+    assert reasons["bad\\xff.png"].startswith("file name is not valid UTF-8")
+    assert reasons["dangling.png"] == "broken symlink"
+    assert reasons["pipe.png"].startswith("not a regular file")
+    assert "outside the data root" in reasons["outside.png"]
+    assert len(found) == 18
+    json.dumps(found.skipped, ensure_ascii=False).encode("utf-8")  # printable and writable
+    data.main(["split", "--data-dir", str(class_folders), "--out", str(tmp_path / "s.json"), "--image-size", "32",
+               "--cache-dir", str(tmp_path / "cache"), "--group-by", "image"])  # crashed writing the name
+    assert len(json.loads((tmp_path / "s.json").read_text())["groups"]) == 18
+
+
+def test_unreadable_file_is_skipped_by_name(class_folders, tmp_path, monkeypatch):
+    real = data._read_bytes
+
+    def no_permission(root, rel):
+        if rel.endswith("img_3.png"):
+            raise PermissionError(13, "Permission denied")
+        return real(root, rel)
+
+    monkeypatch.setattr(data, "_read_bytes", no_permission)
+    with pytest.warns(UserWarning, match="img_3.png"):
+        found = decode(scan(class_folders), 32, tmp_path / "cache")
+    assert len(found) == 15 and all("Permission denied" in why for p, why in found.skipped if "img_3" in p)
+
+
+def test_a_corrupt_image_cache_is_rebuilt(class_folders, tmp_path):
+    first = decode(scan(class_folders), 32, tmp_path / "cache")
+    (cache_file,) = (tmp_path / "cache" / "decoded").glob("*.npz")
+    cache_file.write_bytes(b"PK\x03\x04 not a real npz")
+    with pytest.warns(UserWarning, match="corrupt"):
+        again = decode(scan(class_folders), 32, tmp_path / "cache")
+    assert torch.equal(first.images, again.images)
+    assert torch.equal(decode(scan(class_folders), 32, tmp_path / "cache").images, first.images)  # rewritten

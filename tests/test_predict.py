@@ -76,3 +76,33 @@ def test_a_truncated_checkpoint_is_one_clear_error(tmp_path, images):
     path.write_bytes(b"truncated")
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         predict.main([images[0], "--checkpoint", str(path)])
+
+
+# ----------------------------------------------------------------------------- issue 18
+
+
+def test_gradcam_pointing_at_a_file_is_one_clear_error(best_pt, images, tmp_path):
+    from simclr_ad.errors import UserError
+
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(UserError, match="--gradcam .*taken is a file"):
+        predict.main([images[0], "--checkpoint", str(best_pt), "--gradcam", str(tmp_path / "taken")])
+
+
+def test_a_gif_is_refused_by_name_as_training_skips_it(best_pt, tmp_path, capsys):
+    gif = tmp_path / "scan.gif"
+    Image.new("L", (32, 32), 128).save(gif)
+    assert predict.main([str(gif), "--checkpoint", str(best_pt), "--json"]) == 1
+    (result,) = json.loads(capsys.readouterr().out)
+    assert result["error"].startswith("not an image extension")
+
+
+def test_last_pt_is_refused_with_the_way_to_best_pt(tmp_path, images):
+    model = build_classifier("resnet18", len(CLASSES))
+    cfg = config_to_dict(FinetuneConfig(arch="resnet18", image_size=32, epochs=1))
+    path = tmp_path / "last.pt"
+    checkpoint.save(checkpoint.make(model, None, None, 1, 1, 0.5, cfg, "resnet18",
+                                    {"best_metric": 0.5, "best_val_loss": 1.0, "best_epoch": 1, "stale_epochs": 0}),
+                    path)
+    with pytest.raises(CheckpointError, match=r"training checkpoint \(last.pt\).*predict with .*best.pt"):
+        predict.main([images[0], "--checkpoint", str(path)])

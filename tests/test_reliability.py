@@ -115,6 +115,36 @@ def _out_is_file(tmp_path):
     return ["--out", str(tmp_path / "afile")]
 
 
+def _no_validation_images(tmp_path):
+    from tests.conftest import write_png
+
+    for c in ("A", "B"):
+        for i in range(2):  # two images a class: one for train, one for test, none for val
+            write_png(tmp_path / "ds" / c / f"{i}.png", seed=i + (50 if c == "B" else 0))
+    return ["--data-dir", str(tmp_path / "ds"), "--group-by", "image"]
+
+
+def _garbage_zip(tmp_path):
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    torch.save({"model": {}}, buffer)
+    source, out = zipfile.ZipFile(io.BytesIO(buffer.getvalue())), io.BytesIO()
+    with zipfile.ZipFile(out, "w") as target:
+        for name in source.namelist():
+            target.writestr(name, b"\x00garbage" if name.endswith("data.pkl") else source.read(name))
+    (tmp_path / "garbage.pt").write_bytes(out.getvalue())
+    return ["--init", str(tmp_path / "garbage.pt")]
+
+
+def _torchvision_rgb_encoder(tmp_path):
+    import torchvision
+
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "resnet18-rgb.pth")
+    return ["--init", "simclr", "--encoder", str(tmp_path / "resnet18-rgb.pth")]
+
+
 def _yaml(text):
     def setup(tmp_path):
         (tmp_path / "c.yaml").write_text(text)
@@ -140,6 +170,10 @@ CASES = [
     ("newer-config", _yaml("format: 99\n"), "newer than this simclr_ad"),
     ("arch-mismatch-on-resume", _arch_mismatch_resume, "holds a resnet18 run but --arch is mobilenet_v2"),
     ("encoder-missing", lambda t: ["--init", "simclr", "--encoder", str(t / "none.pt")], "checkpoint not found"),
+    # issue 18
+    ("no-validation-images", _no_validation_images, "needs validation and test images, but the split has no val"),
+    ("garbage-zip-is-corrupt", _garbage_zip, "it is corrupt"),
+    ("torchvision-rgb-encoder", _torchvision_rgb_encoder, "holds 3-channel \\(RGB\\) weights.*--init imagenet"),
 ]
 
 

@@ -296,3 +296,19 @@ def test_cell_mixing_encoders_or_archs_is_warned(tmp_path):
         (run / "metrics.json").write_text(json.dumps({**metrics, "encoder_sha256": sha}))
     notes = report.consistency_warnings(report.find_runs([root]))
     assert notes == ["simclr+finetune at 10% labels (subject) mixes encoder_sha256 = aaa, bbb"]
+
+
+def test_a_report_inside_its_runs_dir_never_counts_its_own_copies(runs):
+    """Issue 18 #8: `report --runs D --out D/report --copy-runs`, twice."""
+    args = ["--runs", str(runs), "--out", str(runs / "report"), "--no-gradcam", "--copy-runs"]
+    report.main(args)
+    first = (runs / "report" / "summary.csv").read_bytes()
+    assert (runs / "report" / "runs" / "subject" / "simclr-finetune" / "frac0.1" / "seed0" / "metrics.json").is_file()
+    report.main(args)
+    assert (runs / "report" / "summary.csv").read_bytes() == first
+    _, rows = read_summary(runs / "report" / "summary.csv")
+    one_seed = next(r for r in rows if (r["protocol"], r["init"], r["label_frac"]) == ("subject", "simclr", "1.0"))
+    assert one_seed["n_seeds"] == "1" and one_seed["balanced_accuracy_ci95"] == ""
+    found = report.find_runs([runs])
+    assert len(found) == len({r.path for r in found}) == 12  # 9 complete, 3 not
+    assert not any("report" in r.path.parts for r in found)  # the originals are kept
