@@ -81,7 +81,7 @@ def _is_entry(path: Path) -> bool:
         return False
     if path.is_file():
         return volumes.is_nifti_name(path) or volumes.is_dicom_file(path)
-    return path.is_dir() and bool(volumes.dicom_files(path))
+    return path.is_dir() and volumes.is_volume_path(path)
 
 
 def is_volume_data(root: Path) -> bool:
@@ -202,6 +202,8 @@ def _folder_items(root: Path) -> tuple[str, list[Item], list[tuple[str, str]]]:
                 raise DataError(f"No volumes found under {class_dir} (expected .nii/.nii.gz files or "
                                 "DICOM series folders); remove the empty folder")
             items += [(s, class_dir.name, split, None) for s in sources]
+    if len(set().union(*classes_per_split.values())) < 2:
+        raise DataError(f"only one class found under {root}; a classifier needs at least two class folders")
     if split_dirs and len({frozenset(v) for v in classes_per_split.values()}) > 1:
         raise DataError(f"classes differ between splits under {root}: "
                         + "; ".join(f"{s}: {', '.join(sorted(v))}" for s, v in classes_per_split.items()))
@@ -403,7 +405,7 @@ def summary(found: ImageSet) -> dict:
 
 
 def preview(found: ImageSet, out_png: str | Path, source: str | None = None) -> Path:
-    """A figure of one volume (the first): every slice, the kept ones framed, and foreground per slice."""
+    """A figure of one volume (the first): which slices were kept, on a side view, per slice, and as thumbnails."""
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
@@ -415,28 +417,48 @@ def preview(found: ImageSet, out_png: str | Path, source: str | None = None) -> 
     norm = volumes.normalise(volume, slicing.percentiles)
     kept = {source_of(p)[1] for p in found.paths if source_of(p)[0] == source}
     n = norm.shape[volumes.AXES[slicing.axis]]
-    shown = np.unique(np.linspace(0, n - 1, min(n, 48)).round().astype(int))
+    def spread(indices: list[int], count: int) -> set[int]:
+        return {indices[round(k)] for k in np.linspace(0, len(indices) - 1, min(count, len(indices)))}
+
+    shown = np.array(sorted(spread(list(range(n)), 24) | spread(sorted(kept), 24)))  # all kept ones when few
     cols = min(12, len(shown))
     grid_rows = -(-len(shown) // cols)
-    fig = Figure(figsize=(1.2 * cols, 1.25 * grid_rows + 2.2), dpi=100, layout="constrained")
-    axes = fig.subplots(grid_rows + 1, cols, squeeze=False, gridspec_kw={"height_ratios": [1] * grid_rows + [1.6]})
-    for ax in axes.ravel():
-        ax.set_axis_off()
-    for k, index in enumerate(shown):
-        ax = axes[k // cols][k % cols]
-        keep = int(index) in kept
-        ax.imshow(volumes.slice_image(norm, slicing.axis, int(index), volume.spacing, 64), cmap="gray",
-                  vmin=0, vmax=255, alpha=1.0 if keep else 0.35)
-        ax.add_patch(Rectangle((0, 0), 63, 63, fill=False, lw=2.5, edgecolor="limegreen" if keep else "firebrick"))
-        ax.set_title(f"{index}", fontsize=7, color="black" if keep else "grey")
-    bars = fig.add_subplot(axes[-1][0].get_gridspec()[-1, :])
+    fig = Figure(figsize=(1.2 * cols, 1.25 * grid_rows + 2.6), dpi=100, layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[2.4, 1.25 * grid_rows])
+    side, bars = top.subplots(1, 2, width_ratios=[1, 3])
+    # side view: the mid-plane across the slice axis, a green line per kept slice
+    across = "coronal" if slicing.axis == "sagittal" else "sagittal"
+    plane = volumes.slice_plane(norm, across, norm.shape[volumes.AXES[across]] // 2)
+    row_mm, col_mm = volumes.slice_spacing(volume.spacing, across)
+    side.imshow(plane, cmap="gray", vmin=0, vmax=1, aspect=row_mm / col_mm)
+    for index in sorted(kept):
+        if slicing.axis == "axial":  # rows run superior (top) to inferior
+            side.axhline(plane.shape[0] - 1 - index, color="limegreen", lw=0.8, alpha=0.6)
+        else:
+            side.axvline(index, color="limegreen", lw=0.8, alpha=0.6)
+    side.set_title(f"mid-{across} view", fontsize=8)
+    side.set_axis_off()
     area = volumes.foreground_area(norm, slicing.axis)
     bars.bar(np.arange(n), area, color=["limegreen" if i in kept else "lightgrey" for i in range(n)], width=1.0)
-    bars.set_xlabel(f"{slicing.axis} slice index (canonical frame)")
+    spec = volumes.parse_slices(slicing.slices)
+    if spec.kind == "brain":
+        bars.axhline(spec.percent / 100 * area.max(), color="black", ls="--", lw=1, label=f"{spec.percent:g} % of max")
+        bars.legend(fontsize=7, loc="lower center")
+    bars.set_xlabel(f"{slicing.axis} slice index (canonical frame)", fontsize=8)
     bars.set_ylabel("foreground voxels", fontsize=8)
     bars.set_xlim(-0.5, n - 0.5)
+    thumbs = bottom.subplots(grid_rows, cols, squeeze=False)
+    for ax in thumbs.ravel():
+        ax.set_axis_off()
+    for k, index in enumerate(shown):
+        ax = thumbs[k // cols][k % cols]
+        keep = int(index) in kept
+        image = volumes.slice_image(norm, slicing.axis, int(index), volume.spacing, 64)
+        ax.imshow(image if keep else image // 3, cmap="gray", vmin=0, vmax=255)
+        ax.add_patch(Rectangle((0, 0), 63, 63, fill=False, lw=2.5, edgecolor="limegreen" if keep else "red"))
+        ax.set_title(f"{index}", fontsize=7, color="black" if keep else "grey")
     fig.suptitle(f"{source}: {len(kept)} of {n} {slicing.axis} slices kept (slices={slicing.slices}); "
-                 "green: kept", fontsize=9)
+                 "green: kept, red: dropped", fontsize=9)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png)

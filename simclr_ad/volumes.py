@@ -29,6 +29,7 @@ from simclr_ad.data import DataError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 DICOM_SUFFIXES = (".dcm", ".ima", ".dicom")
+NOT_DICOM = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".csv", ".txt", ".json", ".gz", ".nii")  # no magic check
 AXES = {"sagittal": 0, "coronal": 1, "axial": 2}  # index of the slice axis in the canonical RAS frame
 FOREGROUND = 0.1  # normalised intensity above which a voxel is foreground (head), for brain:X
 DEFAULT_PERCENTILES = (0.5, 99.5)
@@ -74,7 +75,7 @@ def volume_stem(path: str | Path) -> str:
 
 def is_dicom_file(path: Path) -> bool:
     """A DICOM file by extension or by the ``DICM`` magic at byte 128."""
-    if path.name.startswith(".") or not path.is_file():
+    if path.name.startswith(".") or path.suffix.lower() in NOT_DICOM or not path.is_file():
         return False
     if path.suffix.lower() in DICOM_SUFFIXES:
         return True
@@ -97,7 +98,7 @@ def is_volume_path(path: str | Path) -> bool:
     """A NIfTI file, a DICOM file, or a folder holding DICOM files (checked on the first few)."""
     path = Path(path)
     if path.is_dir():
-        return any(is_dicom_file(p) for p in sorted(path.iterdir())[:5])
+        return any(is_dicom_file(p) for p in path.iterdir())
     return is_nifti_name(path) or (path.suffix.lower() in DICOM_SUFFIXES)
 
 
@@ -198,6 +199,10 @@ def read_dicom_series(files: Sequence[Path], name: str) -> Volume:
         except Exception as err:
             raise VolumeError(f"{name}: unreadable DICOM file {path.name} "
                               f"({type(err).__name__}: {str(err)[:120]})") from None
+    kept = [(p, ds) for p, ds in zip(files, datasets) if "PixelData" in ds]  # not DICOMDIR, reports, ...
+    if not kept:
+        raise VolumeError(f"{name}: no DICOM file with pixel data")
+    files, datasets = [p for p, _ in kept], [ds for _, ds in kept]
     series = sorted({str(ds.get("SeriesInstanceUID", "")) for ds in datasets})
     if len(series) > 1:
         raise VolumeError(f"{name}: holds {len(series)} DICOM series (SeriesInstanceUID {', '.join(series[:3])}); "

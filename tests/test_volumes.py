@@ -236,6 +236,12 @@ def test_loose_dicom_files_are_grouped_by_series_uid(tmp_path):
     assert data.decode(found, SIZE).images.shape == (9, 1, SIZE, SIZE)
 
 
+def test_one_class_of_volumes_is_an_error(phantom_volumes, tmp_path):
+    shutil.copytree(phantom_volumes / "Non_Demented", tmp_path / "only" / "Non_Demented")
+    with pytest.raises(DataError, match="only one class"):
+        data.scan(tmp_path / "only")
+
+
 def test_real_bundled_volumes(tmp_path):
     """nibabel's real T1 volume (LAS, big-endian int16) and pydicom's real MR slice, as one dataset."""
     volume = volumes.read_nifti(REAL_NIFTI)
@@ -407,12 +413,16 @@ def test_predict_a_volume_per_slice_and_subject_with_gradcam(phantom_volumes, cl
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(b"nope")
     png = str(write_png(tmp_path / "a.png"))
+    series = np.random.default_rng(0).integers(0, 900, (5, 24, 24)).astype(float)
+    dicom_dir = str(write_dicom_series(tmp_path / "series", series, "pat-7", pydicom.uid.generate_uid()))
     cams = tmp_path / "cams"
-    code = predict.main([volume, str(broken), png, "--checkpoint", str(classifier_pt), "--json",
-                         "--gradcam", str(cams)])
+    inputs = [volume, str(broken), png, dicom_dir]
+    code = predict.main([*inputs, "--checkpoint", str(classifier_pt), "--json", "--gradcam", str(cams)])
     captured = capsys.readouterr()
     results = json.loads(captured.out)
-    assert code == 1 and [r["path"] for r in results] == [volume, str(broken), png]
+    assert code == 1 and [r["path"] for r in results] == inputs
+    assert results[3]["subject"] == "pat-7" and [s["slice"] for s in results[3]["slices"]] == [
+        "axial=1", "axial=2", "axial=3"]
     scan_result = results[0]
     assert len(scan_result["slices"]) == 3 and scan_result["subject"] == volumes.volume_stem(volume)
     slice_probs = np.array([list(s["probabilities"].values()) for s in scan_result["slices"]])
