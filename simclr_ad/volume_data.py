@@ -254,6 +254,10 @@ def _csv_items(csv_path: Path, allow_absolute: bool) -> tuple[list[Item], list[t
                                      "or a DICOM series with that PatientID)"))
             continue
         items += [(s, label, None, subject) for s in by_subject[subject]]
+    if by_subject is not None:
+        listed = {source for source, *_ in items}
+        skipped += [(s, "not listed in the CSV (no label)") for group in by_subject.values() for s in group
+                    if s not in listed]
     if not items:
         raise DataError(f"none of the volumes listed in {csv_path} exist")
     return items, skipped
@@ -297,6 +301,9 @@ def scan(root: Path, slicing: Slicing | None = None, allow_absolute: bool = Fals
         raise DataError(f"no usable volumes under {root}: "
                         + "; ".join(f"{p} ({r})" for p, r in skipped[:3]))
     classes, key_to_idx = _merge_class_names(labels)
+    if len(classes) < 2:
+        raise DataError(f"only one class ({classes[0]}) among the usable volumes under {root}; "
+                        "a classifier needs at least two")
     return ImageSet(root=base, layout=layout, classes=classes, paths=paths,
                     labels=np.array([key_to_idx[class_key(n)] for n in labels], dtype=np.int64),
                     subjects=subjects, presplit=list(splits) if layout == "volume-pre-split" else None,

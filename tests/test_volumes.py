@@ -347,8 +347,13 @@ def test_csv_naming_a_missing_volume_is_a_named_skip(tmp_path):
     (tmp_path / "labels.csv").write_text("subject,label,path\na,CN,a.nii.gz\nb,AD,b.nii.gz\nc,AD,gone.nii.gz\n")
     found = data.scan(tmp_path)
     assert dict(found.skipped) == {"gone.nii.gz": "listed in the CSV but missing"}
+    (tmp_path / "labels.csv").write_text("subject,label\na,CN\nzz,AD\n")
+    _save_nifti(tmp_path / "c.nii.gz", good * 3)
+    with pytest.raises(DataError, match="only one class"):
+        data.scan(tmp_path)
     (tmp_path / "labels.csv").write_text("subject,label\na,CN\nb,AD\nzz,AD\n")
-    assert "no volume found" in dict(data.scan(tmp_path).skipped)["zz"]
+    skipped = dict(data.scan(tmp_path).skipped)
+    assert "no volume found" in skipped["zz"] and skipped["c.nii.gz"] == "not listed in the CSV (no label)"
 
 
 def test_cli_on_only_bad_volumes_is_one_error_line(tmp_path):
