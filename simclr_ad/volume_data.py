@@ -66,12 +66,13 @@ def slicing_of(options: Any) -> Slicing:
                    getattr(options, "slices", None) or default.slices, (float(percentiles[0]), float(percentiles[1])))
 
 
-def add_cli_args(parser) -> None:
-    """The slicing flags of ``data inspect``."""
+def add_cli_args(parser, preview: bool = True) -> None:
+    """The slicing flags of ``data inspect`` (with ``--preview``), ``split`` and ``audit``."""
     parser.add_argument("--slice-axis", default=None, choices=tuple(volumes.AXES), help="volumes: (default axial)")
     parser.add_argument("--slices", default=None, help="volumes: all | A:B | central:N | brain:X (default brain:20)")
-    parser.add_argument("--preview", default=None, metavar="PNG",
-                        help="volumes: save a figure of which slices of the first volume are kept")
+    if preview:
+        parser.add_argument("--preview", default=None, metavar="PNG",
+                            help="volumes: save a figure of which slices of the first volume are kept")
 
 
 # --------------------------------------------------------------------------- finding entries

@@ -269,6 +269,10 @@ def test_split_groups_by_volume_subject_automatically_and_audit_runs(phantom_vol
     data.main(["split", "--data-dir", str(phantom_volumes), "--out", str(out), "--image-size", str(SIZE)])
     data.main(["audit", "--data-dir", str(phantom_volumes), "--splits", str(out), "--image-size", str(SIZE)])
     assert "group_by subject" in capsys.readouterr().out
+    central = tmp_path / "central.json"
+    data.main(["split", "--data-dir", str(phantom_volumes), "--out", str(central), "--image-size", str(SIZE),
+               "--slices", "central:4", "--json"])
+    assert sum(json.loads(central.read_text())["counts"]["train"].values()) % 4 == 0
 
 
 def test_volume_slices_share_the_content_keyed_cache(phantom_volumes, tmp_path):
