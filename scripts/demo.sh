@@ -11,6 +11,9 @@ mkdir -p "$OUT"
 # Every stage computes the same subject-grouped split from the data and split seed;
 # the sweep also writes it to $OUT/finetune/splits.json.
 python -m simclr_ad.data synth --preview "$OUT/phantoms.png"
+# The volume path in seconds: phantom subjects as NIfTI volumes, and which slices of one are kept.
+python -m simclr_ad.data synth --format nifti --n 192 --size 32 --out "$OUT/volumes"
+python -m simclr_ad.data inspect --data-dir "$OUT/volumes" --preview "$OUT/volume_slices.png"
 python -m simclr_ad.pretrain --config "$CONFIG" --out "$OUT/pretrain"
 python -m simclr_ad.finetune --config "$CONFIG" --sweep \
   --encoder "$OUT/pretrain/encoder.pt" --inits simclr random --fractions 0.01 0.1 0.2 0.5 1.0 --seeds 0 \
@@ -28,4 +31,5 @@ echo "  fine-tune runs  : $OUT/finetune/<init>-<mode>/frac<F>/seed<S>/metrics.js
 echo "  baselines       : $OUT/finetune/<name>-reference/frac<F>/seed<S>/metrics.json"
 echo "  report          : $OUT/report/report.md  (and report.html, summary.csv, figures)"
 echo "  phantom examples: $OUT/phantoms.png"
+echo "  phantom volumes : $OUT/volumes  (slices kept: $OUT/volume_slices.png)"
 echo "  TensorBoard     : tensorboard --logdir $OUT"

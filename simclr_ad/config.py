@@ -64,6 +64,10 @@ class CommonConfig:
     # a run dir whose recorded settings differ is refused; --overwrite starts it afresh instead (see rundir.py)
     overwrite: bool = False
     format: int = CONFIG_FORMAT
+    # volumes (NIfTI, DICOM; see volumes.py): how each volume is cut into slices
+    slice_axis: str = "axial"  # axial|coronal|sagittal, in the canonical (RAS) frame
+    slices: str = "brain:20"  # all | A:B (index range) | central:N | brain:X (foreground >= X % of the largest slice's)
+    intensity_percentiles: tuple[float, ...] = (0.5, 99.5)  # per-volume clip before scaling to 0..255
 
     def __post_init__(self) -> None:
         _check(self.image_size >= 16, "image_size", "must be >= 16")
@@ -82,6 +86,10 @@ class CommonConfig:
                "must be auto, bf16, fp16 or fp32")
         _check(self.format <= CONFIG_FORMAT, "format",
                f"is {self.format}, newer than this simclr_ad understands ({CONFIG_FORMAT}); upgrade simclr_ad")
+        _check(self.slice_axis in ("axial", "coronal", "sagittal"), "slice_axis", "must be axial, coronal or sagittal")
+        _check(_slices_ok(self.slices), "slices", f"is {self.slices!r}: expected all, A:B, central:N or brain:X")
+        _check(len(self.intensity_percentiles) == 2 and 0 <= self.intensity_percentiles[0]
+               < self.intensity_percentiles[1] <= 100, "intensity_percentiles", "must be two percentiles, low < high")
 
 
 @dataclass(frozen=True)
@@ -225,6 +233,16 @@ STAGES: dict[str, type] = {"pretrain": PretrainConfig, "finetune": FinetuneConfi
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"config key '{key}' {message}")
+
+
+def _slices_ok(text: str) -> bool:
+    from simclr_ad.volumes import parse_slices
+
+    try:
+        parse_slices(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_path_like(value: str) -> bool:

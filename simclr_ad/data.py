@@ -67,6 +67,8 @@ class ImageSet:
     images: Optional[torch.Tensor] = None  # uint8 [N, 1, S, S]
     masks: Optional[torch.Tensor] = None  # bool [N, 1, S, S]
     info: list[tuple[tuple[int, int], str]] = field(default_factory=list)  # (size, mode) per image
+    positions: Optional[np.ndarray] = None  # volumes: float [N] slice position along the slice axis, mm
+    slicing: Optional[object] = None  # volumes: the volume_data.Slicing the slices were cut with
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -80,6 +82,7 @@ class ImageSet:
             images=None if self.images is None else self.images[torch.from_numpy(idx)],
             masks=None if self.masks is None else self.masks[torch.from_numpy(idx)],
             info=pick(self.info) if self.info else [],
+            positions=None if self.positions is None else self.positions[idx],
         )
 
     def indices_of(self, paths: Sequence[str]) -> np.ndarray:
@@ -242,9 +245,16 @@ def _scan_manifest(csv_path: Path, allow_absolute: bool) -> ImageSet:
     )
 
 
-def scan(data_dir: str | Path, allow_absolute: bool = False) -> ImageSet:
-    """Detect the layout of ``data_dir`` and list its images (nothing is decoded yet)."""
+def scan(data_dir: str | Path, allow_absolute: bool = False, slicing=None) -> ImageSet:
+    """Detect the layout of ``data_dir`` and list its images (nothing is decoded yet).
+
+    Volumes (NIfTI, DICOM) are listed slice by slice by ``volume_data.scan``, cut as ``slicing`` says.
+    """
     root = Path(data_dir).expanduser()
+    from simclr_ad import volume_data
+
+    if volume_data.is_volume_data(root):
+        return volume_data.scan(root, slicing, allow_absolute)
     if root.is_file() and root.suffix.lower() == ".csv":
         return _scan_manifest(root, allow_absolute)
     if not root.is_dir():
@@ -319,6 +329,9 @@ def decode(images: ImageSet, size: int, cache_dir: str | Path | None = None, str
     """
     from tqdm import tqdm
 
+    if images.slicing is not None:
+        from simclr_ad import volume_data
+        return volume_data.decode(images, size, cache_dir, strict, progress)
     blobs, digests = [], []
     for rel in images.paths:
         try:
@@ -433,7 +446,8 @@ def load_dataset(cfg) -> ImageSet:
         root = phantom_dir_of(cfg)
         found = replace(scan(root), layout="synthetic")
     else:
-        found = scan(cfg.data_dir, allow_absolute=cfg.allow_absolute_paths)
+        from simclr_ad.volume_data import slicing_of
+        found = scan(cfg.data_dir, allow_absolute=cfg.allow_absolute_paths, slicing=slicing_of(cfg))
     return decode(found, cfg.image_size, cfg.cache_dir, strict=cfg.strict, progress=cfg.progress)
 
 
@@ -454,6 +468,9 @@ def describe(found: ImageSet) -> dict:
         "unreadable": [p for p, _ in found.skipped],
         "unreadable_reasons": {p: r for p, r in found.skipped},
     }
+    if found.slicing is not None:
+        from simclr_ad import volume_data
+        report["volumes"] = volume_data.summary(found)
     if found.presplit is not None:
         report["splits"] = {
             split: {c: int(sum(1 for s, y in zip(found.presplit, found.labels) if s == split and found.classes[y] == c))
@@ -466,8 +483,11 @@ def describe(found: ImageSet) -> dict:
 def _cmd_inspect(args: argparse.Namespace) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        found = decode(scan(args.data_dir), 32, args.cache_dir, strict=False)
+        from simclr_ad import volume_data
+        found = decode(scan(args.data_dir, slicing=volume_data.slicing_of(args)), 32, args.cache_dir, strict=False)
     report = describe(found)
+    if args.preview:
+        report["preview"] = str(volume_data.preview(found, args.preview))
     if args.json:
         print(json.dumps(report, indent=2))
         return
@@ -482,6 +502,10 @@ def _cmd_inspect(args: argparse.Namespace) -> None:
         print(f"  {split}: " + ", ".join(f"{c}={n}" for c, n in counts.items()))
     print("sizes    : " + ", ".join(f"{s} x{n}" for s, n in report["image_sizes"].items()))
     print("modes    : " + ", ".join(f"{m} x{n}" for m, n in report["image_modes"].items()))
+    if "volumes" in report:
+        vols, spv = report["volumes"], report["volumes"]["slices_per_volume"]
+        print(f"volumes  : {vols['n_volumes']}, {spv['min']}..{spv['max']} {vols['slice_axis']} slices each "
+              f"(slices={vols['slices']})" + (f"; preview: {report['preview']}" if "preview" in report else ""))
     if report["unreadable"]:
         print(f"skipped  : {len(report['unreadable'])} file(s)")
         for path, reason in report["unreadable_reasons"].items():
@@ -495,7 +519,10 @@ def _cmd_synth(args: argparse.Namespace) -> None:
         raise DataError("`synth` needs --out DIR (the dataset) and/or --preview PNG (a picture of it)")
     if args.preview:
         print(f"preview: {phantom.preview(args.preview, seed=args.seed, size=args.size)}")
-    if args.out:
+    if args.out and args.format == "nifti":
+        out = phantom.write_volumes(args.out, n=args.n, seed=args.seed, size=args.size)
+        print(f"wrote {args.n} phantom slices as NIfTI volumes, one per subject, to {out}")
+    elif args.out:
         out = phantom.write_dataset(args.out, n=args.n, seed=args.seed, size=args.size)
         print(f"wrote {args.n} phantom images to {out} (manifest: {out / 'manifest.csv'})")
 
@@ -509,12 +536,17 @@ def main(argv: list[str] | None = None) -> None:
     inspect.add_argument("--data-dir", required=True)
     inspect.add_argument("--cache-dir", default=None)
     inspect.add_argument("--json", action="store_true")
+    from simclr_ad import volume_data
+
+    volume_data.add_cli_args(inspect)
     synth = sub.add_parser("synth", help="write the synthetic phantom dataset")
     synth.add_argument("--out", default=None, help="write the dataset here (class folders + manifest.csv)")
     synth.add_argument("--preview", default=None, help="save a grid of examples per grade, with masks, as PNG")
     synth.add_argument("--n", type=int, default=6400)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--size", type=int, default=128)
+    synth.add_argument("--format", choices=("png", "nifti"), default="png",
+                       help="png: class folders of slices + manifest.csv; nifti: one .nii.gz volume per subject")
     from simclr_ad import splits
 
     splits.add_cli(sub)

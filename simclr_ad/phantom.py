@@ -551,3 +551,58 @@ def preview(out_png: str | Path, seed: int = 0, size: int = 128) -> Path:
     ax.set_yticks([(2 * g + 1) * size for g in range(len(CLASSES))], CLASSES)
     fig.savefig(out_png)
     return out_png
+
+
+VOLUME_SLICE_MM = 3.0  # phantom slice spacing; in-plane spacing is a 180 mm field of view over ``size`` pixels
+VOLUME_SCALE = 16  # stored int16 = grey value x 16, undone by the NIfTI scl_slope on reading
+
+
+def write_volumes(out_dir: str | Path, n: int, seed: int = 0, size: int = 128,
+                  slices_per_subject: int = 32) -> Path:
+    """Write phantoms as one NIfTI volume per subject, ``<class>/<subject>.nii.gz``; reuse a finished set.
+
+    The axial slices are stacked inferior to superior, stored as int16 in the LAS orientation
+    (x flipped, as FSL writes radiological data) with a real spacing and affine, so a reader
+    has to reorient to canonical and apply the scale slope to get ``generate``'s slices back.
+    ``phantom_volumes.json`` marks a finished set; the write goes through a partial directory.
+    """
+    import json
+
+    import nibabel as nib
+
+    out_dir = Path(out_dir)
+    marker = out_dir / "phantom_volumes.json"
+    if marker.is_file():
+        return out_dir
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise UserError(f"{out_dir} exists but has no phantom_volumes.json, so it is not a finished phantom "
+                        "volume set; delete it or choose another directory")
+    partial = out_dir.with_name(f"{out_dir.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    data = generate(n, seed=seed, size=size, slices_per_subject=slices_per_subject)
+    pixel_mm = 180.0 / size
+    affine = np.diag([-pixel_mm, pixel_mm, VOLUME_SLICE_MM, 1.0])
+    affine[:3, 3] = [(size - 1) * pixel_mm / 2, -(size - 1) * pixel_mm / 2, 0.0]
+    subjects = list(dict.fromkeys(data.subjects))
+    for name in CLASSES:
+        (partial / name).mkdir(parents=True)
+    for subject in subjects:
+        rows = [i for i, s in enumerate(data.subjects) if s == subject]
+        # canonical[x, y, z] = slice_z[H-1-y, x] (anterior up); LAS stores x reversed
+        canonical = data.images[rows][:, ::-1, :].transpose(2, 1, 0)
+        stored = (canonical[::-1].astype(np.int16) * VOLUME_SCALE)
+        image = nib.Nifti1Image(np.ascontiguousarray(stored), affine)
+        image.header.set_xyzt_units("mm")
+        image.header.set_slope_inter(1.0 / VOLUME_SCALE, 0.0)
+        nib.save(image, str(partial / CLASSES[data.labels[rows[0]]] / f"{subject}.nii.gz"))
+    (partial / marker.name).write_text(json.dumps({"n": n, "seed": seed, "size": size,
+                                                   "slices_per_subject": slices_per_subject}) + "\n")
+    if out_dir.exists():
+        out_dir.rmdir()
+    try:
+        os.replace(partial, out_dir)
+    except OSError:
+        if not marker.is_file():
+            raise
+        shutil.rmtree(partial, ignore_errors=True)
+    return out_dir

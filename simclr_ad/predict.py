@@ -2,6 +2,12 @@
 
     python -m simclr_ad.predict scan1.png scan2.jpg --checkpoint RUN_DIR/best.pt
         [--gradcam OUT_DIR] [--json] [--num-threads N]
+    python -m simclr_ad.predict scan.nii.gz dicom_series_dir/ --checkpoint RUN_DIR/best.pt [--gradcam OUT_DIR]
+
+A volume (NIfTI file, DICOM file or a folder holding one DICOM series) is cut into
+slices as the checkpoint's config says (slice_axis, slices, intensity_percentiles);
+it gets one probability per slice and a subject-level one (the slices' mean), and
+``--gradcam`` writes one overlay per slice.
 
 Each image is decoded like the training data (grayscale, padded square, resized to
 the checkpoint's image_size) and normalised with the eval transform. An unreadable
@@ -20,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from simclr_ad import augment, checkpoint, data, gradcam
+from simclr_ad import augment, checkpoint, data, gradcam, volume_data, volumes
 from simclr_ad.checkpoint import CheckpointError
 from simclr_ad.errors import UserError, friendly_errors
 from simclr_ad.models import Classifier, build_classifier
@@ -112,6 +118,53 @@ def _print_text(results: list[dict[str, Any]]) -> None:
             continue
         probs = ", ".join(f"{c}={p:.3f}" for c, p in result["probabilities"].items())
         print(f"{result['path']}: {result['predicted']}  ({probs})")
+        if "slices" in result:
+            print(f"  subject {result['subject']}: mean over {len(result['slices'])} slices; per slice: "
+                  + ", ".join(f"{s['slice']} {s['predicted']}" for s in result["slices"]))
+
+
+def predict_volume(model: Classifier, info: dict[str, Any], path: str,
+                   gradcam_dir: str | None = None) -> dict[str, Any]:
+    """Per-slice and subject-level (mean over slices) probabilities of one volume; VolumeError if unusable."""
+    import types
+
+    classes, size = info["classes"], info["image_size"]
+    slicing = volume_data.slicing_of(types.SimpleNamespace(**info["config"]))
+    volume = volumes.read_volume(path)
+    pixels, kept, positions = volume_data.cut(volume, slicing, size, where=path)
+    inputs = augment.prepare(torch.from_numpy(pixels)[:, None], size)
+    probabilities = class_probabilities(model, inputs)
+    predicted = probabilities.argmax(axis=1)
+    subject = probabilities.mean(axis=0)
+    slices = [{"slice": f"{slicing.axis}={int(i)}", "position_mm": round(float(pos), 3),
+               "predicted": classes[int(k)], "probabilities": {c: float(p) for c, p in zip(classes, row)}}
+              for i, pos, k, row in zip(kept, positions, predicted, probabilities)]
+    if gradcam_dir:
+        out_dir = Path(gradcam_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        cams = gradcam.compute_cams(model, info["arch"], inputs, predicted)
+        stem = volumes.volume_stem(path.rstrip("/")) or "volume"
+        for row, (index, entry) in enumerate(zip(kept, slices)):
+            target = out_dir / f"{stem}_{slicing.axis}{int(index):03d}_gradcam.png"
+            Image.fromarray(gradcam.overlay(gradcam.display_image(inputs[row]), cams[row])).save(target)
+            entry["gradcam"] = str(target)
+    return {"path": path, "subject": volume.subject, "predicted": classes[int(subject.argmax())],
+            "probabilities": {c: float(p) for c, p in zip(classes, subject)}, "slices": slices}
+
+
+def _predict_volumes(model: Classifier, info: dict[str, Any], paths: Sequence[str],
+                     gradcam_dir: str | None) -> dict[int, dict[str, Any]]:
+    """Results of the inputs that are volumes, by input position; an unusable one is an error entry."""
+    results = {}
+    for i, path in enumerate(paths):
+        if not volumes.is_volume_path(path):
+            continue
+        try:
+            results[i] = predict_volume(model, info, path, gradcam_dir)
+        except volumes.VolumeError as err:
+            print(f"error: {err}", file=sys.stderr)
+            results[i] = {"path": path, "error": str(err)}
+    return results
 
 
 @friendly_errors
@@ -133,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--gradcam {args.gradcam} is a file; give a directory for the overlay PNGs")
     model, info = load_classifier(args.checkpoint)
     classes, size = info["classes"], info["image_size"]
+    inputs_given = args.images
+    volume_results = _predict_volumes(model, info, inputs_given, args.gradcam)
+    args.images = [p for i, p in enumerate(inputs_given) if i not in volume_results]
     decoded, failed = _decode_all(args.images, size)
     for i, reason in failed.items():
         print(f"error: {args.images[i]}: {reason}", file=sys.stderr)
@@ -161,11 +217,13 @@ def main(argv: list[str] | None = None) -> int:
             results[i]["gradcam"] = str(target)
 
     # ---------------------------------------------------------------- report
+    image_results = iter(results)
+    results = [volume_results[i] if i in volume_results else next(image_results) for i in range(len(inputs_given))]
     if args.json:
         print(json.dumps(results, indent=2))
     else:
         _print_text(results)
-    return 1 if failed else 0
+    return 1 if failed or any("error" in r for r in volume_results.values()) else 0
 
 
 if __name__ == "__main__":

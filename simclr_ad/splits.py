@@ -657,7 +657,8 @@ def _load(args: argparse.Namespace) -> ImageSet:
         raise DataError(f"--image-size {args.image_size} is too small (>= 16)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # unreadable files are listed in the summary instead
-        images = data.decode(data.scan(args.data_dir), args.image_size, args.cache_dir)
+        from simclr_ad.volume_data import slicing_of
+        images = data.decode(data.scan(args.data_dir, slicing=slicing_of(args)), args.image_size, args.cache_dir)
     if images.skipped:
         print(f"skipped {len(images.skipped)} file(s): " + ", ".join(p for p, _ in images.skipped[:5])
               + (" ..." if len(images.skipped) > 5 else ""))
@@ -740,6 +741,9 @@ def add_cli(subparsers) -> None:
                             help=f"decode size; keep the stages' image_size to infer the same groups "
                                  f"(default {CLI_IMAGE_SIZE})")
         parser.add_argument("--json", action="store_true", help="print one JSON object")
+        from simclr_ad.volume_data import add_cli_args
+
+        add_cli_args(parser, preview=False)  # volumes: cut them as the stages' slice_axis/slices do
 
     split = subparsers.add_parser("split", help="write a grouped, stratified splits.json with label fractions")
     common(split)
