@@ -34,7 +34,7 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
-from simclr_ad import checkpoint, data, evaluate, runtime, splits
+from simclr_ad import checkpoint, data, evaluate, rundir, runtime, splits
 from simclr_ad.config import FinetuneConfig, config_to_dict, parse_config, replace
 from simclr_ad.errors import UserError, friendly_errors
 from simclr_ad.finetune import run_facts, task_labels, test_metrics, write_predictions
@@ -144,9 +144,13 @@ def _config_yaml(cfg: FinetuneConfig, name: str) -> str:
     return yaml.safe_dump(values, sort_keys=False)
 
 
+@rundir.holds_run_dirs
 def run_all(cfg: FinetuneConfig) -> Path:
-    """Every baseline x fraction x seed under ``cfg.out``; finished ones (metrics.json) are skipped."""
-    root = checkpoint.prepare_run_dir(cfg.out or "runs/sweep")
+    """Every baseline x fraction x seed under ``cfg.out``; finished ones (metrics.json) are skipped.
+
+    The sweep root is locked as a sweep locks it: a sweep and its baselines never write it at once.
+    """
+    root = rundir.locked(cfg.out or "runs/sweep")
     images = data.load_dataset(cfg)
     split_file = Path(cfg.splits) if cfg.splits else root / "splits.json"  # the sweep's, when it ran first
     if not split_file.is_file():
