@@ -31,7 +31,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import shlex
 import signal
 import statistics
@@ -63,16 +62,6 @@ def _peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def gemm_peak_gflops(dtype: torch.dtype | None, n: int = 2048, repeats: int = 8) -> float:
@@ -671,9 +660,9 @@ def _result(args, timings: dict, peak_rss: dict, info: dict, child_argv: list[st
         "achieved_gflops": flops / median["ours"]["full"] / 1e9,
         "mfu": flops / median["ours"]["full"] / 1e9 / peak,
         "step_gflop": flops / k / 1e9, "steps_timed": max(1, args.steps // args.rounds) * args.rounds * k,
-        "threads": threads, "host_class": runtime.host_class(), "cpu_model": _cpu_model(),
+        "threads": threads, "host_class": runtime.host_class(), "cpu_model": runtime.cpu_model(),
         "cpu_flags": [f for f in runtime.ISA_FLAGS if f in flags],
-        "machine": f"{_cpu_model()}, {threads} threads, torch {torch.__version__}",
+        "machine": f"{runtime.cpu_model()}, {threads} threads, torch {torch.__version__}",
         "command": shlex.join(["python", "-m", "simclr_ad.bench", *child_argv]),
         "git_sha": checkpoint.git_sha(), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
     }

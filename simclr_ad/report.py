@@ -40,7 +40,7 @@ import torch
 import yaml
 from scipy import stats
 
-from simclr_ad import augment, evaluate, gradcam, plots
+from simclr_ad import augment, evaluate, gradcam, plots, runtime
 from simclr_ad.checkpoint import atomic_write_bytes, atomic_write_text
 from simclr_ad.errors import UserError, friendly_errors
 from simclr_ad.runlog import RECORD_FILES, read_records
@@ -916,8 +916,10 @@ def write_run_md(stages_tsv: Path, out: Path) -> None:
     rows = [line.split("\t", 4) for line in stages_tsv.read_text().splitlines() if line.strip()]
     total = sum(int(r[2]) for r in rows if len(r) == 5 and r[2].isdigit())
     lines = ["# How these results were made", "",
-             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}, "
-             f"Python {platform.python_version()}, torch {torch.__version__}. No GPU.", "",
+             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, CPU class {runtime.host_class()} "
+             f"({runtime.cpu_model() or 'model unknown'}), {platform.platform()}, "
+             f"Python {platform.python_version()}, torch {torch.__version__}. "
+             f"{'GPU: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'No GPU'}.", "",
              f"Total wall time of the logged sittings: {total / 3600:.2f} h.", "",
              "| stage | status | wall time | git SHA | exact command |", "|---|---|---|---|---|"]
     for row in rows:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,17 @@ def cpu_flags(cpuinfo: str | None = None) -> set[str] | None:
         if line.startswith("flags"):
             return set(line.split(":", 1)[1].split())
     return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (else what platform knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def host_class(flags: str | set[str] | None = None) -> str:
