@@ -12,8 +12,8 @@ import importlib
 from simclr_ad import runtime
 
 # stage -> whether its ``python -m`` run re-executes under the tuned allocator
-TUNED_MALLOC = {"data": False, "pretrain": True, "finetune": True, "report": False, "predict": False,
-                "bench": True}
+TUNED_MALLOC = {"data": False, "pretrain": True, "finetune": True, "baselines": True, "report": False,
+                "predict": False, "bench": True}
 
 
 def run_stage(module: str, tuned_malloc: bool) -> int | None:
@@ -34,6 +34,10 @@ def pretrain() -> int | None:
 
 def finetune() -> int | None:
     return run_stage("simclr_ad.finetune", TUNED_MALLOC["finetune"])
+
+
+def baselines() -> int | None:
+    return run_stage("simclr_ad.baselines", TUNED_MALLOC["baselines"])
 
 
 def report() -> int | None:
