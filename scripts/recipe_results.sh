@@ -55,7 +55,7 @@ for protocol in image_split subject_split; do
 done
 stage pretrain-masked python -m simclr_ad.pretrain --config configs/cpu.yaml --data-dir "$DATA" \
   --splits "$RUNS/subject_split/splits.json" --pretrain-on all --negatives other_subjects --optimizer sgd \
-  --epochs 6 --warmup-epochs 1 --knn-every 1 --no-progress --out "$RUNS/pretrain-masked"
+  --epochs 5 --warmup-epochs 1 --knn-every 1 --no-progress --out "$RUNS/pretrain-masked"
 python -m simclr_ad.report --pretrain "$RUNS/pretrain-masked" --out "$OUT/pretrain-masked"
 python -m simclr_ad.report --runs "$RUNS/image_split/finetune" --runs "$RUNS/subject_split/finetune" --out "$OUT" \
   --no-gradcam --stages "$LOG"
