@@ -98,6 +98,13 @@ def _step_seconds(step, n: int) -> list[float]:
     return out
 
 
+def _reference_loader(dataset, args) -> dict:
+    """The reference loops' shuffled DataLoader (``--ref-workers`` processes), pausable between rounds."""
+    return _pausable_loader(torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.ref_workers,
+        persistent_workers=args.ref_workers > 0))
+
+
 def _pausable_loader(loader) -> dict:
     """``start``/``stop``/``close`` for a reference DataLoader's workers, and its batch iterator.
 
@@ -134,9 +141,7 @@ def _reference(args, pil_images):
     optimizer = build_optimizer(cfg, model)
     loss_fn = losses.nt_xent(0.5)
     dataset = _PILViews(pil_images, args.image_size)
-    loader = _pausable_loader(torch.utils.data.DataLoader(
-        dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.ref_workers,
-        persistent_workers=args.ref_workers > 0))
+    loader = _reference_loader(dataset, args)
     rt = runtime.Runtime(device=torch.device("cpu"), dtype=None, channels_last=False)
 
     def full_step():
@@ -242,9 +247,7 @@ def _reference_finetune(args, images):
     model.fc = torch.nn.Sequential(torch.nn.Dropout(cfg.dropout), torch.nn.Linear(model.fc.in_features,
                                                                                   len(images.classes)))
     optimizer, loss_fn = _adamw(model), torch.nn.CrossEntropyLoss()
-    loader = _pausable_loader(torch.utils.data.DataLoader(
-        dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.ref_workers,
-        persistent_workers=args.ref_workers > 0))
+    loader = _reference_loader(dataset, args)
     rt = runtime.Runtime(device=torch.device("cpu"), dtype=None, channels_last=False)
 
     def full_step():
