@@ -45,18 +45,20 @@ for name in base lr1e-3 dropout0 flip_only new; do
     --epochs 3 --early-stop-patience 0 --no-progress --out "$RUNS/probe/$name/finetune/random-finetune"
 done
 
+# Recipe v1 (configs/cpu.yaml at e6beb89: 15 epochs, no class weights) ran as stage recipe-image_split into
+# $RUNS/image_split/finetune; its report is results/alzheimer_recipe/image_split_v1. v2 is today's cpu.yaml.
 for protocol in image_split subject_split; do
-  stage "recipe-$protocol" python -m simclr_ad.finetune --config configs/cpu.yaml --data-dir "$DATA" \
+  stage "recipe-v2-$protocol" python -m simclr_ad.finetune --config configs/cpu.yaml --data-dir "$DATA" \
     --splits "$RUNS/$protocol/splits.json" --sweep --inits random --fractions 1.0 --seeds 0 --no-progress \
-    --out "$RUNS/$protocol/finetune"
-  stage "baselines-$protocol" python -m simclr_ad.baselines --config configs/cpu.yaml --data-dir "$DATA" \
-    --splits "$RUNS/$protocol/splits.json" --fractions 1.0 --seeds 0 --no-progress --out "$RUNS/$protocol/finetune"
-  python -m simclr_ad.report --runs "$RUNS/$protocol/finetune" --out "$OUT/$protocol" --copy-runs --no-gradcam
+    --out "$RUNS/$protocol/finetune-v2"
+  stage "baselines-v2-$protocol" python -m simclr_ad.baselines --config configs/cpu.yaml --data-dir "$DATA" \
+    --splits "$RUNS/$protocol/splits.json" --fractions 1.0 --seeds 0 --no-progress --out "$RUNS/$protocol/finetune-v2"
+  python -m simclr_ad.report --runs "$RUNS/$protocol/finetune-v2" --out "$OUT/$protocol" --copy-runs --no-gradcam
 done
 stage pretrain-masked python -m simclr_ad.pretrain --config configs/cpu.yaml --data-dir "$DATA" \
   --splits "$RUNS/subject_split/splits.json" --pretrain-on all --negatives other_subjects --optimizer sgd \
   --epochs 5 --warmup-epochs 1 --knn-every 1 --no-progress --out "$RUNS/pretrain-masked"
 python -m simclr_ad.report --pretrain "$RUNS/pretrain-masked" --out "$OUT/pretrain-masked"
-python -m simclr_ad.report --runs "$RUNS/image_split/finetune" --runs "$RUNS/subject_split/finetune" --out "$OUT" \
+python -m simclr_ad.report --runs "$RUNS/image_split/finetune-v2" --runs "$RUNS/subject_split/finetune-v2" --out "$OUT" \
   --no-gradcam --stages "$LOG"
 python -m simclr_ad.report --ablation "$RUNS/probe" --out "$OUT/probe"
