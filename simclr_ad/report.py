@@ -389,8 +389,9 @@ def _dataset(run: Run, cache: dict):
 
 
 def _resized_masks(masks: torch.Tensor, size: int) -> np.ndarray:
-    """Masks [N,H,W] at the model's input size (nearest), as the CAMs are."""
-    resized = torch.nn.functional.interpolate(masks[:, None].float(), size=(size, size), mode="nearest")
+    """Masks [N,1,H,W] (the dataset's layout) or [N,H,W] as bool [N,size,size] (nearest), as the CAMs are."""
+    flat = masks.reshape(len(masks), 1, *masks.shape[-2:]).float()
+    resized = torch.nn.functional.interpolate(flat, size=(size, size), mode="nearest")
     return resized[:, 0].numpy() > 0.5
 
 

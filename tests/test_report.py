@@ -172,6 +172,15 @@ def test_gradcam_study_on_real_checkpoints(class_folders, tmp_path):
     assert list(study.figures) == ["gradcam_0.5.png"] and study.figures["gradcam_0.5.png"][:4] == b"\x89PNG"
 
 
+def test_resized_masks_takes_the_datasets_layout():
+    """Regression: the dataset stores masks as [N,1,S,S]; the Grad-CAM grids of results/demo failed on it."""
+    masks = torch.zeros(2, 1, 16, 16, dtype=torch.bool)
+    masks[0, 0, :8, :8] = True
+    resized = report._resized_masks(masks, 8)
+    assert resized.shape == (2, 8, 8) and resized[0, :4, :4].all() and resized.sum() == 16
+    assert (report._resized_masks(masks[:, 0], 8) == resized).all()
+
+
 def test_select_images_is_deterministic_per_class():
     rows = [{"path": f"p{i}", "true": CLASSES[i % 3]} for i in range(9)]
     assert report.select_images(rows, CLASSES, 2) == ["p0", "p3", "p1", "p4", "p2", "p5"]
