@@ -8,22 +8,24 @@ source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 OUT="${1:-demo_runs}"
 CONFIG=configs/demo.yaml
 mkdir -p "$OUT"
+# `step NAME CMD...` runs CMD and prints how long it took, so a slow machine shows where the time goes.
+step() { local name=$1 start=$SECONDS; shift; "$@"; echo "[demo] $name: $(( SECONDS - start )) s"; }
 
 # Every stage computes the same subject-grouped split from the data and split seed;
 # the sweep also writes it to $OUT/finetune/splits.json.
-python -m simclr_ad.data synth --preview "$OUT/phantoms.png"
+step phantoms python -m simclr_ad.data synth --preview "$OUT/phantoms.png"
 # The volume path in seconds: phantom subjects as NIfTI volumes, and which slices of one are kept.
-python -m simclr_ad.data synth --format nifti --n 192 --size 32 --out "$OUT/volumes"
-python -m simclr_ad.data inspect --data-dir "$OUT/volumes" --preview "$OUT/volume_slices.png"
-python -m simclr_ad.pretrain --config "$CONFIG" --out "$OUT/pretrain"
-python -m simclr_ad.finetune --config "$CONFIG" --sweep \
+step volumes python -m simclr_ad.data synth --format nifti --n 192 --size 32 --out "$OUT/volumes"
+step inspect python -m simclr_ad.data inspect --data-dir "$OUT/volumes" --preview "$OUT/volume_slices.png"
+step pretrain python -m simclr_ad.pretrain --config "$CONFIG" --out "$OUT/pretrain"
+step finetune python -m simclr_ad.finetune --config "$CONFIG" --sweep \
   --encoder "$OUT/pretrain/encoder.pt" --inits simclr random --fractions 0.01 0.1 0.2 0.5 1.0 --seeds 0 \
   --out "$OUT/finetune"
 # What the networks must beat: majority class, raw-pixel kNN and logistic regression, kNN on frozen
 # random-init and SimCLR features, on the same split and label subsets.
-python -m simclr_ad.baselines --config "$CONFIG" --encoder "$OUT/pretrain/encoder.pt" \
+step baselines python -m simclr_ad.baselines --config "$CONFIG" --encoder "$OUT/pretrain/encoder.pt" \
   --fractions 0.01 0.1 0.2 0.5 1.0 --seeds 0 --out "$OUT/finetune"
-python -m simclr_ad.report --runs "$OUT/finetune" --pretrain "$OUT/pretrain" --out "$OUT/report"
+step report python -m simclr_ad.report --runs "$OUT/finetune" --pretrain "$OUT/pretrain" --out "$OUT/report"
 
 echo
 echo "Outputs:"
