@@ -45,7 +45,7 @@ import torchvision
 from lightly.transforms import SimCLRTransform
 from PIL import Image
 
-from simclr_ad import augment, checkpoint, losses, runtime
+from simclr_ad import augment, fileio, losses, runtime
 from simclr_ad.config import FinetuneConfig, PretrainConfig
 from simclr_ad.errors import UserError, friendly_errors
 from simclr_ad.models import SimCLRModel, build_backbone, build_classifier
@@ -667,7 +667,7 @@ def _result(args, timings: dict, peak_rss: dict, info: dict, child_argv: list[st
         "cpu_flags": [f for f in runtime.ISA_FLAGS if f in flags],
         "machine": f"{runtime.cpu_model()}, {threads} threads, torch {torch.__version__}",
         "command": shlex.join(["python", "-m", "simclr_ad.bench", *child_argv]),
-        "git_sha": checkpoint.git_sha(), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "git_sha": fileio.git_sha(), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
     }
 
 

@@ -17,6 +17,7 @@ from typing import Any, Optional
 import yaml
 
 from simclr_ad.errors import UserError
+from simclr_ad.fileio import atomic_write_text
 
 CONFIG_FORMAT = 1  # bump when a saved config can no longer be read by this code
 ARCHS = ("resnet18", "resnet50", "densenet121", "mobilenet_v2")
@@ -327,14 +328,6 @@ def read_yaml_config(path: str | Path, stage: str) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- CLI
 
-def _parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> typing.NoReturn:  # one line, exit 2, no usage dump
         raise ConfigError(message)
@@ -394,8 +387,6 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def write_config(cfg: Any, path: str | Path) -> None:
-    from simclr_ad.checkpoint import atomic_write_text
-
     atomic_write_text(Path(path), yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 

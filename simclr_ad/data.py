@@ -28,6 +28,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from simclr_ad.errors import UserError, friendly_errors
+from simclr_ad.fileio import atomic_write_bytes
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
@@ -408,7 +409,6 @@ def _load_cache(path: Path, n: int, size: int):
 
 
 def _save_cache(path: Path, arrays, ok, reasons, info) -> None:
-    from simclr_ad.checkpoint import atomic_write_bytes
 
     buffer = io.BytesIO()
     np.savez(buffer, images=arrays, ok=ok, reasons=np.array(reasons, dtype=str),

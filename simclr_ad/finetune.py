@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from simclr_ad import augment, checkpoint, data, evaluate, losses, rundir, runtime, splits
+from simclr_ad import augment, checkpoint, data, evaluate, fileio, losses, rundir, runtime, splits
 from simclr_ad.config import FinetuneConfig, config_to_dict, parse_config, replace
 from simclr_ad.data import class_key
 from simclr_ad.errors import UserError, friendly_errors
@@ -109,7 +109,7 @@ def write_predictions(path: Path, paths: list[str], groups: list[str], labels: n
     writer.writerow(["path", "group", "true", "pred", *[f"p_{c}" for c in classes]])
     for p, g, y, prob in zip(paths, groups, labels, probabilities):
         writer.writerow([p, g, classes[y], classes[int(prob.argmax())], *[f"{v:.6f}" for v in prob]])
-    checkpoint.atomic_write_text(path, buffer.getvalue())
+    fileio.atomic_write_text(path, buffer.getvalue())
 
 
 @rundir.holds_run_dirs
@@ -117,7 +117,7 @@ def run(cfg: FinetuneConfig, images: data.ImageSet | None = None) -> Path:
     """One fine-tune run; returns its run dir (metrics.json marks it complete)."""
     # ---------------------------------------------------------------- config
     started = time.time()
-    checkpoint.git_sha()  # record the code version as it is now, at the start
+    fileio.git_sha()  # record the code version as it is now, at the start
     rt = runtime.setup(cfg, distributed=False)  # one run = one process; sweeps spread runs over ranks
     run_dir = rundir.claim(cfg, f"runs/finetune-{cfg.init}-{cfg.mode}-f{cfg.label_frac}-s{cfg.seed}")
     if (run_dir / "metrics.json").is_file():  # the test split was already evaluated: never again
@@ -231,8 +231,8 @@ def run_facts(cfg: FinetuneConfig, split: dict, index: dict, paths: list[str], b
             "seed": cfg.seed, "task": cfg.task, "best_epoch": best["best_epoch"],
             "val_balanced_accuracy": best["best_metric"], "group_by": split["group_by"], "split_seed": split["seed"],
             "image_size": cfg.image_size, "epochs": cfg.epochs, "data": cfg.data_dir or "synthetic",
-            "encoder": cfg.encoder, "pretrain_on": _pretrain_on(cfg), "git_sha": checkpoint.git_sha(),
-            "encoder_sha256": checkpoint.file_sha256(cfg.encoder) if cfg.init == "simclr" and cfg.encoder else None,
+            "encoder": cfg.encoder, "pretrain_on": _pretrain_on(cfg), "git_sha": fileio.git_sha(),
+            "encoder_sha256": fileio.file_sha256(cfg.encoder) if cfg.init == "simclr" and cfg.encoder else None,
             # both arms of a comparison must show the same hash: same label subset
             "train_subset_sha1": hashlib.sha1(train_paths.encode()).hexdigest()}
 
@@ -271,12 +271,12 @@ def restore_cell(cfg: FinetuneConfig, record_dir: Path) -> bool:
     split = json.loads(Path(cfg.splits).read_text()) if cfg.splits else {}
     same = (all(recorded.get(key, wanted[key]) == wanted[key] for key in wanted if key not in rundir.LAUNCH_KEYS)
             and (split.get("group_by"), split.get("seed")) == (metrics.get("group_by"), metrics.get("split_seed"))
-            and (cfg.init != "simclr" or metrics.get("encoder_sha256") == checkpoint.file_sha256(cfg.encoder)))
+            and (cfg.init != "simclr" or metrics.get("encoder_sha256") == fileio.file_sha256(cfg.encoder)))
     if same:
         rundir.clear(Path(cfg.out))  # a half-run of this cell must not sit next to the restored records
         for name in RECORD_FILES:
             if (record_dir / name).is_file():
-                checkpoint.atomic_write_bytes(Path(cfg.out) / name, (record_dir / name).read_bytes())
+                fileio.atomic_write_bytes(Path(cfg.out) / name, (record_dir / name).read_bytes())
     return same
 
 

@@ -112,7 +112,7 @@ def localisation_score(cam: np.ndarray, mask: np.ndarray | torch.Tensor) -> floa
     return float(cam[mask_arr].sum() / total)
 
 
-def faithfulness(model: torch.nn.Module, arch: str, inputs: torch.Tensor,
+def faithfulness(model: torch.nn.Module, inputs: torch.Tensor,
                  targets: Sequence[int] | np.ndarray | torch.Tensor, cams: np.ndarray,
                  percentiles: Sequence[int] = ROAD_PERCENTILES, seed: int = 0) -> dict[str, float]:
     """Mean faithfulness of ``cams`` [B,H,W] for class ``targets`` [B], by grad-cam's metrics.
@@ -126,9 +126,7 @@ def faithfulness(model: torch.nn.Module, arch: str, inputs: torch.Tensor,
         (0 if it rises). Lower is better.
       increase_in_confidence: fraction of images whose confidence rises under that product.
     ROAD's imputer adds noise; it is drawn under ``seed`` so scores are reproducible.
-    ``arch`` is unused (the metrics only need the model) but kept for symmetry with compute_cams.
     """
-    del arch
     _check_inputs(inputs)
     classes = _as_index_list(targets, inputs.shape[0])
     cams = np.asarray(cams, dtype=np.float32)

@@ -18,7 +18,7 @@ import torch
 import torchvision
 from tqdm import tqdm
 
-from simclr_ad import augment, checkpoint, data, evaluate, losses, optim, rundir, runtime, splits
+from simclr_ad import augment, checkpoint, data, evaluate, fileio, losses, optim, rundir, runtime, splits
 from simclr_ad.config import PretrainConfig, config_to_dict, parse_config
 from simclr_ad.errors import UserError, friendly_errors
 from simclr_ad.models import SimCLRModel, build_backbone, init_backbone
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> Path:
     # ---------------------------------------------------------------- config
     cfg = parse_config(PretrainConfig, "pretrain", argv, __doc__)
     rt = runtime.setup(cfg)
-    checkpoint.git_sha()  # record the code version as it is now, at the start
+    fileio.git_sha()  # record the code version as it is now, at the start
     run_dir = rundir.claim(cfg, f"runs/pretrain-{cfg.arch}-{cfg.image_size}", enabled=rt.is_main)
     torch.manual_seed(cfg.seed)
 

@@ -41,7 +41,7 @@ import yaml
 from scipy import stats
 
 from simclr_ad import augment, evaluate, gradcam, plots, runtime
-from simclr_ad.checkpoint import atomic_write_bytes, atomic_write_text
+from simclr_ad.fileio import atomic_write_bytes, atomic_write_text
 from simclr_ad.errors import UserError, friendly_errors
 from simclr_ad.runlog import RECORD_FILES, read_records
 
@@ -434,7 +434,7 @@ def _cam_one_fraction(runs: Sequence[Run], protocol: str, frac: float, per_class
         preds[arm] = class_probabilities(model, inputs).argmax(axis=1)
         cams[arm] = gradcam.compute_cams(model, info["arch"], inputs, preds[arm])
         row = {"label_frac": frac, "protocol": protocol, "arm": arm, "seed": arms[init].seed,
-               "n_images": len(paths), **gradcam.faithfulness(model, info["arch"], inputs, preds[arm], cams[arm])}
+               "n_images": len(paths), **gradcam.faithfulness(model, inputs, preds[arm], cams[arm])}
         study.rows.append({**row, **(_localisation(cams[arm], masks) if masks is not None else {})})
     title = f"Grad-CAM at {percent_labels(frac)} labels ({protocol}; seeds {arms['simclr'].seed}/{arms['random'].seed})"
     study.figures[f"gradcam_{frac:g}.png"] = png_bytes(

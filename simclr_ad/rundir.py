@@ -28,7 +28,7 @@ from typing import Any, Callable, TypeVar
 
 import yaml
 
-from simclr_ad import checkpoint, splits
+from simclr_ad import fileio, splits
 from simclr_ad.config import config_to_dict, write_config
 from simclr_ad.errors import UserError
 
@@ -73,13 +73,13 @@ def _split_file_digest(path: Path) -> str:
     try:
         return split_digest(json.loads(path.read_text(encoding="utf-8")))
     except (ValueError, AttributeError):  # not a split file: stages say so when they read it
-        return checkpoint.file_sha256(path)
+        return fileio.file_sha256(path)
 
 
 def identity(cfg: Any) -> dict[str, str | None]:
     """The content hashes a run's weights depend on beyond its config: split file, encoder, init file."""
     def sha(path: str | None) -> str | None:
-        return checkpoint.file_sha256(path) if path and Path(path).is_file() else None
+        return fileio.file_sha256(path) if path and Path(path).is_file() else None
 
     init = str(getattr(cfg, "init", ""))
     splits = getattr(cfg, "splits", None)
@@ -161,7 +161,7 @@ def claim(cfg: Any, default_out: str, enabled: bool = True) -> Path:
         if getattr(cfg, "overwrite", False) and any((run_dir / n).exists() for n in (*STATE_FILES, *RUN_RECORDS)):
             print(f"--overwrite: starting {run_dir} afresh", flush=True)
         clear(run_dir)  # a run that never saved weights leaves no records to append to
-        checkpoint.atomic_write_text(run_dir / IDENTITY_FILE, json.dumps(identity(cfg), indent=2) + "\n")
+        fileio.atomic_write_text(run_dir / IDENTITY_FILE, json.dumps(identity(cfg), indent=2) + "\n")
         write_config(cfg, run_dir / "config.yaml")
     elif verdict == "extend":
         old = (_read_yaml(run_dir / "config.yaml") or {}).get("epochs")
@@ -173,7 +173,7 @@ def claim(cfg: Any, default_out: str, enabled: bool = True) -> Path:
 
 def locked(path: str | Path, enabled: bool = True) -> Path:
     """Create the dir ``path`` and lock it for this process (``enabled`` False: only create it)."""
-    run_dir = checkpoint.prepare_run_dir(path)
+    run_dir = fileio.prepare_run_dir(path)
     if enabled:
         _hold(acquire(run_dir), run_dir)
     return run_dir

@@ -48,6 +48,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from simclr_ad.data import DataError, ImageSet
+from simclr_ad.fileio import atomic_write_text
 
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.01, 0.1, 0.2, 0.5, 1.0)
@@ -496,8 +497,6 @@ def _mixed_groups(images: ImageSet, group_ids: list[str]) -> int:
 
 def write_splits(splits: dict, path: str | Path) -> None:
     """Write atomically; the same dict always gives the same bytes."""
-    from simclr_ad.checkpoint import atomic_write_text
-
     atomic_write_text(Path(path), json.dumps(splits, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
 
 
@@ -714,8 +713,6 @@ def _cmd_audit(args: argparse.Namespace) -> None:
     if args.montage:
         save_montage(images, report, args.montage)
     if args.out:
-        from simclr_ad.checkpoint import atomic_write_text
-
         atomic_write_text(Path(args.out), json.dumps(report, indent=2, sort_keys=True) + "\n")
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))

@@ -7,7 +7,7 @@ import torch
 import yaml
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score
 
-from simclr_ad import checkpoint, evaluate, finetune, pretrain, report
+from simclr_ad import checkpoint, evaluate, fileio, finetune, pretrain, report
 from simclr_ad.config import ConfigError
 from simclr_ad.errors import UserError
 from simclr_ad.models import ModelError, build_backbone
@@ -168,7 +168,7 @@ def test_sweep_restores_matching_records_and_reruns_the_rest(encoder, tmp_path):
                            "--restore-from", str(records)])
     assert not (mixed / "random-finetune" / "frac0.2" / "seed0" / "best.pt").exists()
     assert (mixed / "simclr-finetune" / "frac0.2" / "seed0" / "best.pt").is_file()  # another encoder: re-run
-    assert _metrics(mixed / "simclr-finetune" / "frac0.2" / "seed0")["encoder_sha256"] == checkpoint.file_sha256(other)
+    assert _metrics(mixed / "simclr-finetune" / "frac0.2" / "seed0")["encoder_sha256"] == fileio.file_sha256(other)
 
     cell_cfg = yaml.safe_load((again / "random-finetune" / "frac0.2" / "seed0" / "config.yaml").read_text())
     def cell(**changes):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from simclr_ad import checkpoint, finetune, pretrain, rundir
+from simclr_ad import checkpoint, fileio, finetune, pretrain, rundir
 from simclr_ad.models import build_backbone
 from simclr_ad.runlog import RunLog, read_records
 from tests.conftest import ROOT, TINY
@@ -183,7 +183,7 @@ def test_simclr_cell_resumed_with_another_encoder_is_refused(tmp_path):
     args = ["--config", TINY, "--init", "simclr", "--epochs", "1", "--out", str(tmp_path / "run")]
     _killed(finetune.main([*args, "--encoder", first]))
     recorded = json.loads((tmp_path / "run" / "identity.json").read_text())["encoder_sha256"]
-    assert recorded == checkpoint.file_sha256(first)
+    assert recorded == fileio.file_sha256(first)
     with pytest.raises(rundir.RunDirError, match="encoder_sha256 " + recorded[:12]):
         finetune.main([*args, "--encoder", other])
     finetune.main([*args, "--encoder", str(tmp_path / "a.pt")])  # the same encoder: resumes
@@ -319,7 +319,7 @@ def test_metrics_jsonl_is_written_atomically(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", disk_full)
-    with pytest.raises(checkpoint.CheckpointError, match="No space left"):
+    with pytest.raises(fileio.FileError, match="No space left"):
         log.log({"epoch": 2, "loss": 0.5}, step=2)
     monkeypatch.undo()
     assert (tmp_path / "metrics.jsonl").read_bytes() == before
