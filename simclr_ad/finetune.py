@@ -15,7 +15,6 @@ import csv
 import hashlib
 import io
 import itertools
-import json
 import os
 import time
 from pathlib import Path
@@ -24,13 +23,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from simclr_ad import augment, checkpoint, data, evaluate, fileio, losses, rundir, runtime, splits
+from simclr_ad import augment, checkpoint, data, evaluate, fileio, losses, plots, rundir, runs, runtime, splits
 from simclr_ad.config import FinetuneConfig, config_to_dict, parse_config, replace
 from simclr_ad.data import class_key
 from simclr_ad.errors import UserError, friendly_errors
 from simclr_ad.models import build_classifier, init_backbone
 from simclr_ad.optim import cosine_with_warmup
-from simclr_ad.runlog import RECORD_FILES, RunLog, write_json
+from simclr_ad.runlog import RunLog, write_json
 
 
 def task_labels(images: data.ImageSet, cfg: FinetuneConfig) -> tuple[list[str], np.ndarray]:
@@ -198,11 +197,9 @@ def run(cfg: FinetuneConfig, images: data.ImageSet | None = None) -> Path:
     # ---------------------------------------------------------------- save
     write_predictions(run_dir / "predictions.csv", test_paths, groups, test_labels, probabilities, classes)
     if log.writer is not None:
-        from simclr_ad import report
-
         shown = np.arange(min(8, len(test_paths)))
         inputs = augment.prepare(images.images[index["test"][shown]], cfg.image_size)
-        report.log_run_figures(log.writer, metrics, model.float().to(memory_format=torch.contiguous_format),
+        plots.log_run_figures(log.writer, metrics, model.float().to(memory_format=torch.contiguous_format),
                                cfg.arch, inputs, probabilities[shown].argmax(1).tolist(), classes,
                                true=test_labels[shown].tolist(), step=best["best_epoch"])
     log.close()
@@ -245,39 +242,7 @@ def _pretrain_on(cfg: FinetuneConfig) -> str | None:
     """The pretraining protocol of a SimCLR encoder, read from its run's config.yaml."""
     if cfg.init != "simclr" or not cfg.encoder:
         return None
-    config_file = Path(cfg.encoder).parent / "config.yaml"
-    if not config_file.is_file():
-        return None
-    import yaml
-
-    return (yaml.safe_load(config_file.read_text()) or {}).get("pretrain_on")
-
-
-def restore_cell(cfg: FinetuneConfig, record_dir: Path) -> bool:
-    """Copy a finished cell's records from ``record_dir`` into ``cfg.out`` if they are this very run.
-
-    They are when the recorded config equals ``cfg`` on every key but the launch keys (a key the
-    record predates counts as equal), the split file has the recorded protocol and seed, and a
-    SimCLR encoder has the recorded SHA-256 (pretraining is deterministic, so a re-run at the same
-    code and machine reproduces it). Checkpoints are not records: a restored cell has none.
-    """
-    import yaml
-
-    metrics_file, config_file = record_dir / "metrics.json", record_dir / "config.yaml"
-    if not (metrics_file.is_file() and config_file.is_file()):
-        return False
-    recorded, metrics = yaml.safe_load(config_file.read_text()) or {}, json.loads(metrics_file.read_text())
-    wanted = yaml.safe_load(yaml.safe_dump(config_to_dict(cfg)))
-    split = json.loads(Path(cfg.splits).read_text()) if cfg.splits else {}
-    same = (all(recorded.get(key, wanted[key]) == wanted[key] for key in wanted if key not in rundir.LAUNCH_KEYS)
-            and (split.get("group_by"), split.get("seed")) == (metrics.get("group_by"), metrics.get("split_seed"))
-            and (cfg.init != "simclr" or metrics.get("encoder_sha256") == fileio.file_sha256(cfg.encoder)))
-    if same:
-        rundir.clear(Path(cfg.out))  # a half-run of this cell must not sit next to the restored records
-        for name in RECORD_FILES:
-            if (record_dir / name).is_file():
-                fileio.atomic_write_bytes(Path(cfg.out) / name, (record_dir / name).read_bytes())
-    return same
+    return (runs.read_config(Path(cfg.encoder).parent) or {}).get("pretrain_on")
 
 
 @rundir.holds_run_dirs
@@ -308,7 +273,7 @@ def sweep(cfg: FinetuneConfig) -> Path:
         cell = replace(cfg, sweep=False, init=init, mode=mode, label_frac=fraction, seed=seed, out=str(out),
                        splits=str(split_file))
         finished = (out / "metrics.json").is_file() and not cfg.overwrite  # run() checks it is this very cell
-        if cfg.restore_from and not finished and restore_cell(cell, Path(cfg.restore_from) / out.relative_to(root)):
+        if cfg.restore_from and not finished and runs.restore_cell(cell, Path(cfg.restore_from) / out.relative_to(root)):
             print(f"[{i + 1}/{len(cells)}] restored from {cfg.restore_from}: {out}", flush=True)
             continue
         print(f"[{i + 1}/{len(cells)}] {init} {mode} label_frac={fraction:g} seed={seed} -> {out}", flush=True)

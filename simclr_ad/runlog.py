@@ -60,10 +60,6 @@ class RunLog:
             self._writer = None
 
 
-# a run's small record files, never checkpoints; metrics.json last, as it marks a run complete
-RECORD_FILES = ("config.yaml", "metrics.jsonl", "metrics.json")
-
-
 def read_records(path: str | Path) -> list[dict[str, Any]]:
     """The records of a ``metrics.jsonl``, in order.
 
