@@ -34,7 +34,7 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
-from simclr_ad import data, evaluate, fileio, rundir, runtime, splits
+from simclr_ad import data, evaluate, fileio, grouping, rundir, runtime, splits
 from simclr_ad.config import FinetuneConfig, config_to_dict, parse_config, replace
 from simclr_ad.errors import UserError, friendly_errors
 from simclr_ad.finetune import run_facts, task_labels, test_metrics, write_predictions
@@ -156,7 +156,7 @@ def run_all(cfg: FinetuneConfig) -> Path:
     if not split_file.is_file():
         splits.write_splits(splits.splits_for(cfg, images), split_file)
     split = splits.splits_for(replace(cfg, splits=str(split_file)), images)
-    pixels = splits.thumbnail_features(images)
+    pixels = grouping.thumbnail_features(images)
     feature_cache: dict[tuple[str, int], np.ndarray] = {}
     for seed in cfg.seeds:
         for fraction in cfg.fractions:

@@ -18,7 +18,7 @@ import torch
 import torchvision
 from tqdm import tqdm
 
-from simclr_ad import augment, checkpoint, data, evaluate, fileio, losses, optim, rundir, runtime, splits
+from simclr_ad import augment, checkpoint, data, evaluate, fileio, grouping, losses, optim, rundir, runtime, splits
 from simclr_ad.config import PretrainConfig, config_to_dict, parse_config
 from simclr_ad.errors import UserError, friendly_errors
 from simclr_ad.models import SimCLRModel, build_backbone, init_backbone
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> Path:
     pool = images.images[torch.from_numpy(pretrain_idx)]
     if rt.device.type == "cuda":
         pool = pool.to(rt.device)  # the uint8 cache is small: keep it next to the model
-    groups = (torch.from_numpy(splits.label_free_groups(images.subset(pretrain_idx)))
+    groups = (torch.from_numpy(grouping.label_free_groups(images.subset(pretrain_idx)))
               if cfg.positives == "subject" or cfg.negatives == "other_subjects" else None)
     monitor_bank, monitor_query = images.subset(train_idx), images.subset(images.indices_of(split["val"]))
     batches_per_epoch = len(pool) // (cfg.batch_size * rt.world_size)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from simclr_ad import baselines, evaluate, report
+from simclr_ad import baselines, evaluate, grouping, report
 from tests.conftest import TINY
 
 # Two tight clusters on the unit circle: class 0 near (1, 0), class 1 near (0, 1).
@@ -91,7 +91,7 @@ def test_one_nn_on_the_training_images_is_perfect(tmp_path):
     images = data.load_dataset(cfg)
     split = splits.splits_for(cfg, images)
     split = {**split, "test": split["train"]}  # a leak on purpose
-    feats = baselines.splits.thumbnail_features(images)
+    feats = grouping.thumbnail_features(images)
     metrics = baselines.score_one(cfg, "pixel-1nn", baselines.knn(1), feats, images, split, tmp_path / "run")
     assert metrics["accuracy"] == 1.0
 

@@ -10,7 +10,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_m
 from simclr_ad import checkpoint, evaluate, fileio, finetune, pretrain, report
 from simclr_ad.config import ConfigError
 from simclr_ad.errors import UserError
-from simclr_ad.models import ModelError, build_backbone
+from simclr_ad.models import ModelError
 from tests.conftest import TINY
 
 METRIC_KEYS = {"accuracy", "balanced_accuracy", "macro_f1", "per_class", "confusion_matrix", "classes",

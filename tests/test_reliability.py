@@ -1,6 +1,5 @@
 """Crash-safe resume and bad inputs. Each bad-input case is one line in CASES."""
 import os
-import pickle
 import signal
 import subprocess
 import sys
