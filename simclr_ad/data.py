@@ -32,6 +32,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                "test": "test", "testing": "test"}
 CACHE_FORMAT = 1
+# what PIL raises on a file it cannot decode (truncated, not an image, a decompression bomb)
+DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 MAX_ASPECT = 10  # images are padded square before resizing: a 1x150000 strip would ask for 22.5 GB
 
 
@@ -357,7 +359,7 @@ def decode(images: ImageSet, size: int, cache_dir: str | Path | None = None, str
                 ok[i] = True
                 reasons.append("")
                 info.append((wh, mode))
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            except DECODE_ERRORS as err:
                 reasons.append(f"unreadable: {type(err).__name__}: {str(err)[:120] or 'empty file'}")
                 info.append(((0, 0), ""))
         _save_cache(cache_file, arrays, ok, reasons, info)
@@ -384,7 +386,7 @@ def _decode_mask(root: Path, mask: str, image: str, size: int) -> np.ndarray:
         return decode_image(_read_bytes(root, mask), size)[0] > 127
     except FileNotFoundError:
         raise DataError(f"mask {mask!r} of {image!r} does not exist under {root}") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+    except DECODE_ERRORS as err:
         reason = "not a readable image" if isinstance(err, UnidentifiedImageError) else f"{type(err).__name__}: {err}"
         raise DataError(f"mask {mask!r} of {image!r} cannot be read ({reason[:120]})") from None
 

@@ -31,8 +31,6 @@ from simclr_ad.checkpoint import CheckpointError
 from simclr_ad.errors import UserError, friendly_errors
 from simclr_ad.models import Classifier, build_classifier
 
-DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-
 
 def load_classifier(path: str | Path) -> tuple[Classifier, dict[str, Any]]:
     """A fine-tune run's ``best.pt`` (the model selected on validation) as an eval-mode Classifier on the CPU.
@@ -90,7 +88,7 @@ def _decode_all(paths: Sequence[str], size: int) -> tuple[dict[int, np.ndarray],
             continue
         try:
             decoded[i] = data.decode_image(Path(path).read_bytes(), size)[0]
-        except DECODE_ERRORS as err:
+        except data.DECODE_ERRORS as err:
             failed[i] = _reason(err)
     return decoded, failed
 

@@ -9,7 +9,6 @@ cosine schedule with warmup, 100 epochs. Re-running the same command resumes.
 from __future__ import annotations
 
 import functools
-
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch
 import torchvision
 from tqdm import tqdm
 
-from simclr_ad import augment, checkpoint, data, evaluate, fileio, grouping, losses, optim, rundir, runtime, splits
+from simclr_ad import augment, checkpoint, data, evaluate, fileio, grouping, losses, optim, rundir, runs, runtime, splits
 from simclr_ad.config import PretrainConfig, config_to_dict, parse_config
 from simclr_ad.errors import UserError, friendly_errors
 from simclr_ad.models import SimCLRModel, build_backbone, init_backbone
@@ -208,8 +207,8 @@ def main(argv: list[str] | None = None) -> Path:
         loss_fn = functools.partial(losses.nt_xent_masked, temperature=cfg.temperature)
 
     # ---------------------------------------------------------------- resume
-    last = run_dir / "checkpoints" / "last.pt"
-    ckpt = checkpoint.restore(last, core, optimizer, scheduler, cfg.arch)
+    last = run_dir / runs.LAST_CHECKPOINT  # older run dirs keep it in checkpoints/: resumed from there
+    ckpt = checkpoint.restore(runs.last_checkpoint(run_dir) or last, core, optimizer, scheduler, cfg.arch)
     start_epoch = ckpt["epoch"] if ckpt else 0
     start_batch = ckpt["extra"].get("batch_in_epoch", 0) if ckpt else 0
     log = RunLog(run_dir, enabled=rt.is_main, resume_epoch=start_epoch if ckpt else None)
@@ -227,6 +226,7 @@ def main(argv: list[str] | None = None) -> Path:
                 core, optimizer, scheduler, epoch, scheduler.last_epoch, None,
                 config_to_dict(cfg), cfg.arch,
                 extra={"batch_in_epoch": batch_in_epoch, "aug_generator": generator.get_state()}), last)
+            runs.remove_legacy_checkpoints(run_dir)
 
     def knn() -> dict:
         if not (cfg.knn_every and rt.is_main and len(monitor_query) and len(monitor_bank)):

@@ -39,8 +39,7 @@ from simclr_ad.document import Document
 from simclr_ad.errors import friendly_errors
 from simclr_ad.fileio import atomic_write_bytes, atomic_write_text
 from simclr_ad.runlog import read_records
-from simclr_ad.runs import (METRICS, ReportError, Run, copy_pretrain_records, copy_run_records, find_runs,
-                            sort_key)
+from simclr_ad.runs import METRICS, ReportError, Run, copy_pretrain_records, copy_run_records, find_runs, sort_key
 from simclr_ad.stats import fixed_percent, mean_std_ci95, percent
 
 __all__ = ["ReportError", "find_runs", "mean_std_ci95", "summarise", "consistency_warnings", "validation_curves",

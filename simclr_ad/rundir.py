@@ -28,9 +28,9 @@ from typing import Any, Callable, TypeVar
 import yaml
 
 from simclr_ad import fileio, splits
-from simclr_ad.runs import IDENTITY_FILE, LAUNCH_KEYS, RUN_RECORDS, STATE_FILES, clear, read_config
 from simclr_ad.config import config_to_dict, write_config
 from simclr_ad.errors import UserError
+from simclr_ad.runs import IDENTITY_FILE, LAUNCH_KEYS, RUN_RECORDS, STATE_FILES, clear, read_config
 
 F = TypeVar("F", bound=Callable[..., Any])
 

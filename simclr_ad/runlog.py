@@ -8,8 +8,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from simclr_ad.fileio import atomic_write_text
 from simclr_ad.errors import UserError
+from simclr_ad.fileio import atomic_write_text
 
 
 class RunLog:

@@ -7,7 +7,6 @@ import torch
 from simclr_ad import augment, gradcam
 from simclr_ad.models import build_classifier
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

@@ -12,7 +12,6 @@ from simclr_ad.config import FinetuneConfig, config_to_dict, write_config
 from simclr_ad.data import scan
 from simclr_ad.models import build_classifier
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

@@ -32,7 +32,8 @@ def test_old_pretrain_run_resumes(tmp_path):
     after = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert after[:2] == before and _epochs(run_dir) == [0, 1, 2]  # resumed after epoch 1, not redone
     assert (run_dir / "encoder.pt").is_file()
-    assert checkpoint.load(run_dir / "checkpoints" / "last.pt")["epoch"] == 2
+    assert checkpoint.load(run_dir / "last.pt")["epoch"] == 2
+    assert not (run_dir / "checkpoints").exists()  # one layout: the old checkpoints/last.pt is gone
 
 
 @pytest.mark.slow
