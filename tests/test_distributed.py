@@ -1,9 +1,9 @@
 """torchrun with 2 CPU ranks (gloo): gathered negatives, one checkpoint, resume."""
 import os
 import subprocess
+import sys
 
 import pytest
-import sys
 
 from simclr_ad import checkpoint
 from simclr_ad.models import build_backbone
