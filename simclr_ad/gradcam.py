@@ -23,7 +23,7 @@ from pytorch_grad_cam.metrics.road import ROADCombined
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
 
-from simclr_ad import augment, models
+from simclr_ad import augment, evaluate, models
 
 # ROAD imputes the removed pixels with noisy linear interpolation (one sparse solve per
 # image and percentile); four thresholds keep the cost a quarter of grad-cam's nine.
@@ -38,14 +38,8 @@ def _eval_fp32(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """
     if any(p.dtype != torch.float32 for p in model.parameters()):
         model = copy.deepcopy(model).float()
-    was_training = model.training
-    model.eval()
-    device_type = next(model.parameters()).device.type
-    try:
-        with torch.autocast(device_type, enabled=False):
-            yield model
-    finally:
-        model.train(was_training)
+    with evaluate.eval_mode(model), torch.autocast(next(model.parameters()).device.type, enabled=False):
+        yield model
 
 
 def _as_index_list(targets: Sequence[int] | np.ndarray | torch.Tensor, batch: int) -> list[int]:
