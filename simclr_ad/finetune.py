@@ -111,6 +111,63 @@ def write_predictions(path: Path, paths: list[str], groups: list[str], labels: n
     fileio.atomic_write_text(path, buffer.getvalue())
 
 
+def fit(model, train: tuple, val: tuple, classes: list[str], cfg: FinetuneConfig, rt: runtime.Runtime,
+        optimizer, scheduler, loss_fns: tuple, ckpt: dict | None, run_dir: Path, log: RunLog) -> dict:
+    """Epochs from the checkpoint's on, selecting on validation (best.pt); returns the selection state."""
+    (train_images, train_labels), (val_images, val_labels), (loss_fn, eval_loss) = train, val, loss_fns
+    best = ckpt["extra"] if ckpt else {"best_metric": -1.0, "best_val_loss": float("inf"), "best_epoch": 0,
+                                       "stale_epochs": 0}
+    for epoch in range(ckpt["epoch"] if ckpt else 0, cfg.epochs):
+        if cfg.early_stop_patience and best["stale_epochs"] >= cfg.early_stop_patience:
+            break
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout: resumable, reproducible
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        lr = optimizer.param_groups[0]["lr"]  # at the epoch's start (a per-step schedule moves it)
+        stats = train_one_epoch(model, train_images, train_labels, cfg, rt, optimizer, scheduler, loss_fn, generator,
+                                epoch)
+        val, _ = evaluate_split(model, val_images, val_labels, cfg, rt, eval_loss, classes)
+        if cfg.lr_schedule == "plateau":
+            scheduler.step(val["loss"])
+        improved = val["balanced_accuracy"] > best["best_metric"] or (
+            val["balanced_accuracy"] == best["best_metric"] and val["loss"] < best["best_val_loss"])
+        if improved:
+            best = {"best_metric": val["balanced_accuracy"], "best_val_loss": val["loss"], "best_epoch": epoch + 1,
+                    "stale_epochs": 0}
+            checkpoint.save(checkpoint.make(model, None, None, epoch + 1, epoch + 1, best["best_metric"],
+                                            config_to_dict(cfg), cfg.arch, _model_info(classes, cfg)),
+                            run_dir / runs.BEST_CHECKPOINT)
+        else:
+            best["stale_epochs"] += 1
+        log.log({"epoch": epoch + 1, **stats, "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+                 "val_balanced_accuracy": val["balanced_accuracy"], "lr": lr},
+                step=epoch + 1)
+        checkpoint.save(checkpoint.make(model, optimizer, scheduler, epoch + 1, epoch + 1, best["best_metric"],
+                                        config_to_dict(cfg), cfg.arch, best), run_dir / runs.LAST_CHECKPOINT)
+    return best
+
+
+def test_once(model, images: data.ImageSet, split: dict, index: dict, all_labels: np.ndarray, classes: list[str],
+              cfg: FinetuneConfig, rt: runtime.Runtime, eval_loss, best: dict, run_dir: Path, log: RunLog) -> dict:
+    """Test the model selected on validation (best.pt), once; write predictions.csv and the TensorBoard
+    figures; return the metrics (without wall_s)."""
+    if (run_dir / runs.BEST_CHECKPOINT).is_file():
+        model.load_state_dict(checkpoint.load(run_dir / runs.BEST_CHECKPOINT)["model"])
+    test_labels = all_labels[index["test"]]
+    test, probabilities = evaluate_split(model, images.images[index["test"]], test_labels, cfg, rt, eval_loss, classes)
+    test_paths = [images.paths[i] for i in index["test"]]
+    groups = [str(split["groups"][p]) for p in test_paths]
+    metrics = {**test_metrics(test, probabilities, test_labels, groups, split, classes),
+               **run_facts(cfg, split, index, images.paths, best)}
+    write_predictions(run_dir / "predictions.csv", test_paths, groups, test_labels, probabilities, classes)
+    if log.writer is not None:
+        shown = np.arange(min(8, len(test_paths)))
+        inputs = augment.prepare(images.images[index["test"][shown]], cfg.image_size)
+        plots.log_run_figures(log.writer, metrics, model.float().to(memory_format=torch.contiguous_format),
+                              cfg.arch, inputs, probabilities[shown].argmax(1).tolist(), classes,
+                              true=test_labels[shown].tolist(), step=best["best_epoch"])
+    return metrics
+
+
 @rundir.holds_run_dirs
 def run(cfg: FinetuneConfig, images: data.ImageSet | None = None) -> Path:
     """One fine-tune run; returns its run dir (metrics.json marks it complete)."""
@@ -150,58 +207,15 @@ def run(cfg: FinetuneConfig, images: data.ImageSet | None = None) -> Path:
     eval_loss = torch.nn.CrossEntropyLoss()
 
     # ---------------------------------------------------------------- resume
-    ckpt = checkpoint.restore(run_dir / "last.pt", model, optimizer, scheduler, cfg.arch)
-    start_epoch = ckpt["epoch"] if ckpt else 0
-    best = ckpt["extra"] if ckpt else {"best_metric": -1.0, "best_val_loss": float("inf"), "best_epoch": 0,
-                                       "stale_epochs": 0}
-    log = RunLog(run_dir, enabled=rt.is_main, resume_epoch=start_epoch if ckpt else None)
+    ckpt = checkpoint.restore(run_dir / runs.LAST_CHECKPOINT, model, optimizer, scheduler, cfg.arch)
+    log = RunLog(run_dir, enabled=rt.is_main, resume_epoch=ckpt["epoch"] if ckpt else None)
 
     # ---------------------------------------------------------------- loop (model selection on val only)
-    for epoch in range(start_epoch, cfg.epochs):
-        if cfg.early_stop_patience and best["stale_epochs"] >= cfg.early_stop_patience:
-            break
-        torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout: resumable, reproducible
-        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        lr = optimizer.param_groups[0]["lr"]  # at the epoch's start (a per-step schedule moves it)
-        stats = train_one_epoch(model, train_images, train_labels, cfg, rt, optimizer, scheduler, loss_fn, generator,
-                                epoch)
-        val, _ = evaluate_split(model, images.images[index["val"]], all_labels[index["val"]], cfg, rt, eval_loss, classes)
-        if cfg.lr_schedule == "plateau":
-            scheduler.step(val["loss"])
-        improved = val["balanced_accuracy"] > best["best_metric"] or (
-            val["balanced_accuracy"] == best["best_metric"] and val["loss"] < best["best_val_loss"])
-        if improved:
-            best = {"best_metric": val["balanced_accuracy"], "best_val_loss": val["loss"], "best_epoch": epoch + 1,
-                    "stale_epochs": 0}
-            checkpoint.save(checkpoint.make(model, None, None, epoch + 1, epoch + 1, best["best_metric"],
-                                            config_to_dict(cfg), cfg.arch, _model_info(classes, cfg)),
-                            run_dir / "best.pt")
-        else:
-            best["stale_epochs"] += 1
-        log.log({"epoch": epoch + 1, **stats, "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-                 "val_balanced_accuracy": val["balanced_accuracy"], "lr": lr},
-                step=epoch + 1)
-        checkpoint.save(checkpoint.make(model, optimizer, scheduler, epoch + 1, epoch + 1, best["best_metric"],
-                                        config_to_dict(cfg), cfg.arch, best), run_dir / "last.pt")
+    best = fit(model, (train_images, train_labels), (images.images[index["val"]], all_labels[index["val"]]),
+               classes, cfg, rt, optimizer, scheduler, (loss_fn, eval_loss), ckpt, run_dir, log)
 
-    # ---------------------------------------------------------------- test, once, with the selected model
-    if (run_dir / "best.pt").is_file():
-        model.load_state_dict(checkpoint.load(run_dir / "best.pt")["model"])
-    test_labels = all_labels[index["test"]]
-    test, probabilities = evaluate_split(model, images.images[index["test"]], test_labels, cfg, rt, eval_loss, classes)
-    test_paths = [images.paths[i] for i in index["test"]]
-    groups = [str(split["groups"][p]) for p in test_paths]
-    metrics = {**test_metrics(test, probabilities, test_labels, groups, split, classes),
-               **run_facts(cfg, split, index, images.paths, best)}
-
-    # ---------------------------------------------------------------- save
-    write_predictions(run_dir / "predictions.csv", test_paths, groups, test_labels, probabilities, classes)
-    if log.writer is not None:
-        shown = np.arange(min(8, len(test_paths)))
-        inputs = augment.prepare(images.images[index["test"][shown]], cfg.image_size)
-        plots.log_run_figures(log.writer, metrics, model.float().to(memory_format=torch.contiguous_format),
-                               cfg.arch, inputs, probabilities[shown].argmax(1).tolist(), classes,
-                               true=test_labels[shown].tolist(), step=best["best_epoch"])
+    # ---------------------------------------------------------------- test, once, with the selected model; save
+    metrics = test_once(model, images, split, index, all_labels, classes, cfg, rt, eval_loss, best, run_dir, log)
     log.close()
     metrics["wall_s"] = round(time.time() - started, 2)
     write_json(run_dir / "metrics.json", metrics)  # written last: it marks the run complete

@@ -43,7 +43,7 @@ from simclr_ad.runs import METRICS, ReportError, Run, copy_pretrain_records, cop
 from simclr_ad.stats import fixed_percent, mean_std_ci95, percent
 
 __all__ = ["ReportError", "find_runs", "mean_std_ci95", "summarise", "consistency_warnings", "validation_curves",
-           "build_document", "main"]
+           "build_document", "main", "run"]
 
 SUBJECT_METRICS = tuple(f"subject_{m}" for m in METRICS)
 METRIC_TITLES = {"balanced_accuracy": "Balanced accuracy", "accuracy": "Accuracy", "macro_f1": "Macro-F1"}
@@ -409,13 +409,11 @@ def write_run_md(stages_tsv: Path, out: Path) -> None:
 
 # --------------------------------------------------------------------------- entry point
 
-@friendly_errors
-def main(argv: list[str] | None = None) -> Path:
-    # ---------------------------------------------------------------- arguments
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m simclr_ad.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", action="append", default=[], metavar="DIR", help="dir of fine-tune runs")
-    parser.add_argument("--out", required=True, metavar="REPORT_DIR")
+    parser.add_argument("--out", required=True, metavar="REPORT_DIR", help="where the report and its figures go")
     parser.add_argument("--gradcam-per-class", type=int, default=2, metavar="N", help="test images per class")
     parser.add_argument("--no-gradcam", action="store_true", help="skip the Grad-CAM study (fast)")
     parser.add_argument("--pretrain", default=None, metavar="RUN_DIR",
@@ -428,62 +426,80 @@ def main(argv: list[str] | None = None) -> Path:
                         help="stage log of scripts/real_results.sh: written as RUN.md in REPORT_DIR")
     parser.add_argument("--num-threads", type=int, default=0, metavar="N",
                         help="torch CPU threads (0: torch's default; 1 is fastest on a busy shared CPU)")
-    args = parser.parse_args(argv)
-    if args.gradcam_per_class < 1:
-        raise ReportError("--gradcam-per-class must be >= 1")
-    if args.num_threads > 0:
-        torch.set_num_threads(args.num_threads)
+    return parser
 
-    out = Path(args.out)
-    if args.stages:
-        write_run_md(Path(args.stages), out / "RUN.md")
-    if args.ablation:
-        print(f"ablation: {write_ablation(Path(args.ablation), out)}")
+
+def run(runs: Sequence[str] = (), out: str | Path = "report", gradcam_per_class: int = 2, no_gradcam: bool = False,
+        pretrain: str | None = None, copy_runs: bool = False, ablation: str | None = None, stages: str | None = None,
+        num_threads: int = 0) -> Path:
+    """The report of fine-tune runs under ``runs`` (or of an ablation, or of a pretrain run alone) in ``out``.
+
+    The keyword arguments are the command line's flags (``python -m simclr_ad.report --help``).
+    """
+    if gradcam_per_class < 1:
+        raise ReportError("--gradcam-per-class must be >= 1")
+    if num_threads > 0:
+        torch.set_num_threads(num_threads)
+    out = Path(out)
+    if stages:
+        write_run_md(Path(stages), out / "RUN.md")
+    if ablation:
+        print(f"ablation: {write_ablation(Path(ablation), out)}")
         return out
-    if not args.runs and args.pretrain:  # pretraining only: its curve and logs
-        curve = pretrain_curve(Path(args.pretrain), out / "pretrain")
+    if not runs and pretrain:  # pretraining only: its curve and logs
+        curve = pretrain_curve(Path(pretrain), out / "pretrain")
         if curve is None:
-            raise ReportError(f"no metrics.jsonl in pretrain run {args.pretrain}")
+            raise ReportError(f"no metrics.jsonl in pretrain run {pretrain}")
         atomic_write_bytes(out / "pretrain_curve.png", curve)
         print(f"pretraining curve: {out / 'pretrain_curve.png'}")
         return out
-
-    # ---------------------------------------------------------------- runs and statistics
-    if not args.runs:
-        raise ReportError("give --runs DIR (fine-tune runs) and/or --pretrain RUN_DIR")
-    runs = find_runs(args.runs)
     if not runs:
-        raise ReportError(f"no fine-tune runs (dirs with a finetune config.yaml) under {', '.join(args.runs)}")
+        raise ReportError("give --runs DIR (fine-tune runs) and/or --pretrain RUN_DIR")
+    return write_report(list(runs), out, gradcam_per_class, no_gradcam, pretrain, copy_runs)
+
+
+def write_report(roots: list[str], out: Path, gradcam_per_class: int, no_gradcam: bool, pretrain: str | None,
+                 copy_runs: bool) -> Path:
+    """report.md, report.html, summary.csv and the figures of the fine-tune runs under ``roots``."""
+    # ---------------------------------------------------------------- runs and statistics
+    runs = find_runs(roots)
+    if not runs:
+        raise ReportError(f"no fine-tune runs (dirs with a finetune config.yaml) under {', '.join(roots)}")
     rows = summarise(runs)
     write_summary_csv(rows, out / "summary.csv")
-    if args.copy_runs:
-        copy_run_records(runs, args.runs, out / "runs")
+    if copy_runs:
+        copy_run_records(runs, roots, out / "runs")
 
     # ---------------------------------------------------------------- figures
     figures = {"label_efficiency.png": plots.png_bytes(plots.label_efficiency_figure(plot_rows(rows))),
                "val_curves.png": plots.png_bytes(plots.curves_figure(validation_curves(runs), "fine-tuning epoch",
-                                                               "validation balanced accuracy",
-                                                               "validation curve at the largest label fraction"))}
-    curve = pretrain_curve(Path(args.pretrain), out / "pretrain") if args.pretrain else None
+                                                                     "validation balanced accuracy",
+                                                                     "validation curve at the largest label fraction"))}
+    curve = pretrain_curve(Path(pretrain), out / "pretrain") if pretrain else None
     if curve:
         figures["pretrain_curve.png"] = curve
     figures.update(confusion_figures(runs))
-    study = CamStudy(notes=["skipped (--no-gradcam)"]) if args.no_gradcam else \
-        gradcam_study(runs, args.gradcam_per_class)
+    study = CamStudy(notes=["skipped (--no-gradcam)"]) if no_gradcam else gradcam_study(runs, gradcam_per_class)
     figures.update(study.figures)
     for name, png in figures.items():
         atomic_write_bytes(out / name, png)
 
     # ---------------------------------------------------------------- report
-    doc = build_document(runs, rows, figures, study, args.runs)
+    doc = build_document(runs, rows, figures, study, roots)
     if curve:
         doc.heading(2, "Pretraining")
-        doc.figure("pretrain_curve.png", f"SimCLR loss and kNN monitor of {args.pretrain}")
+        doc.figure("pretrain_curve.png", f"SimCLR loss and kNN monitor of {pretrain}")
     atomic_write_text(out / "report.md", doc.markdown())
     atomic_write_text(out / "report.html", doc.html("simclr_ad report"))
     print(f"report: {out / 'report.md'} ({sum(r.complete for r in runs)} complete run(s), "
           f"{sum(not r.complete for r in runs)} missing/partial)")
     return out
+
+
+@friendly_errors
+def main(argv: list[str] | None = None) -> Path:
+    """``python -m simclr_ad.report``: the flags, then ``run``."""
+    return run(**vars(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":
