@@ -244,7 +244,9 @@ def restore_cell(cfg: FinetuneConfig, record_dir: Path) -> bool:
     metrics_file, config_file = record_dir / METRICS_FILE, record_dir / CONFIG_FILE
     if not (metrics_file.is_file() and config_file.is_file()):
         return False
-    recorded, metrics = yaml.safe_load(config_file.read_text()) or {}, json.loads(metrics_file.read_text())
+    recorded, metrics = read_config(record_dir), json.loads(metrics_file.read_text())
+    if recorded is None:  # unreadable: not a record to trust
+        return False
     wanted = yaml.safe_load(yaml.safe_dump(config_to_dict(cfg)))
     split = json.loads(Path(cfg.splits).read_text()) if cfg.splits else {}
     same = (all(recorded.get(key, wanted[key]) == wanted[key] for key in wanted if key not in LAUNCH_KEYS)
