@@ -5,7 +5,7 @@ import pytest
 import torch
 import yaml
 
-from simclr_ad import checkpoint, fileio, finetune, pretrain, report
+from simclr_ad import checkpoint, fileio, finetune, pretrain, report, runs
 from simclr_ad.config import ConfigError
 from simclr_ad.errors import UserError
 from simclr_ad.models import ModelError
@@ -58,6 +58,7 @@ def test_arms_see_identical_label_subsets(arms):
     assert simclr["n_train"] == random["n_train"] >= 4
 
 
+@pytest.mark.slow
 def test_selection_on_val_and_test_evaluated_once(encoder, tmp_path, monkeypatch):
     calls = []
     original = finetune.evaluate_split
@@ -113,6 +114,7 @@ def test_checkpoint_that_is_not_a_state_dict(tmp_path):
         finetune.main(["--config", TINY, "--out", str(tmp_path / "r"), "--init", str(bad)])
 
 
+@pytest.mark.slow
 def test_sweep_runs_grid_and_resumes(encoder, tmp_path):
     args = ["--config", TINY, "--sweep", "--out", str(tmp_path / "sw"), "--encoder", str(encoder),
             "--fractions", "0.2", "1.0", "--inits", "simclr", "random", "--seeds", "0", "--epochs", "1"]
@@ -126,6 +128,7 @@ def test_sweep_runs_grid_and_resumes(encoder, tmp_path):
     assert stamps == {p: p.stat().st_mtime_ns for p in root.rglob("metrics.json")}
 
 
+@pytest.mark.slow
 def test_sweep_restores_matching_records_and_reruns_the_rest(encoder, tmp_path):
     grid = ["--config", TINY, "--sweep", "--fractions", "0.2", "--inits", "simclr", "random", "--seeds", "0",
             "--epochs", "1"]
@@ -157,8 +160,8 @@ def test_sweep_restores_matching_records_and_reruns_the_rest(encoder, tmp_path):
                                                          if isinstance(v, list)}, **changes})
 
     record = records / "random-finetune" / "frac0.2" / "seed0"
-    assert finetune.restore_cell(cell(out=str(tmp_path / "e")), record) and (tmp_path / "e" / "metrics.json").is_file()
-    assert not finetune.restore_cell(cell(out=str(tmp_path / "d"), lr=1e-3), record)
+    assert runs.restore_cell(cell(out=str(tmp_path / "e")), record) and (tmp_path / "e" / "metrics.json").is_file()
+    assert not runs.restore_cell(cell(out=str(tmp_path / "d"), lr=1e-3), record)
     assert not (tmp_path / "d").exists()
 
 
@@ -202,6 +205,7 @@ def test_cosine_schedule_warms_up_then_decays_per_step():
     assert isinstance(plateau, torch.optim.lr_scheduler.ReduceLROnPlateau)  # the paper recipe's default
 
 
+@pytest.mark.slow
 def test_cosine_run_logs_the_epochs_starting_lr_and_resumes_it(tmp_path):
     out = tmp_path / "cos"
     args = ["--config", TINY, "--out", str(out), "--init", "random", "--lr", "0.01", "--lr-schedule", "cosine",

@@ -47,6 +47,7 @@ def test_finished_run_says_so(tiny_run, capsys):
     assert (tiny_run / "last.pt").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_at_the_right_epoch_and_matches(tiny_run, tmp_path):
     out = tmp_path / "run"
     pretrain.main(["--config", TINY, "--out", str(out), "--deterministic", "--epochs", "1"])
@@ -59,12 +60,14 @@ def test_interrupted_run_resumes_at_the_right_epoch_and_matches(tiny_run, tmp_pa
     assert resumed.keys() == clean.keys()
 
 
+@pytest.mark.slow
 def test_pretrain_on_train_uses_fewer_images(tmp_path):
     out = tmp_path / "run"
     pretrain.main(["--config", TINY, "--out", str(out), "--epochs", "1", "--pretrain-on", "train", "--knn-every", "0"])
     assert _lines(out)[0]["n_images"] < 192 * 0.8
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     out = tmp_path / "run"
     pretrain.main(["--config", TINY, "--out", str(out), "--epochs", "1", "--knn-every", "0"])
@@ -95,6 +98,7 @@ def test_subject_partners_by_hand():
     assert torch.equal(partners, again)
 
 
+@pytest.mark.slow
 def test_subject_positives_pretrain_runs(tmp_path):
     out = pretrain.main(["--config", TINY, "--out", str(tmp_path / "run"), "--epochs", "1", "--knn-every", "0",
                          "--positives", "subject"])
@@ -102,6 +106,7 @@ def test_subject_positives_pretrain_runs(tmp_path):
     assert line["n_groups"] >= 4 and line["loss"] > 0  # phantoms carry subject ids: one group per subject
 
 
+@pytest.mark.slow
 def test_masked_negatives_get_each_batchs_subject_ids(tmp_path, monkeypatch):
     from simclr_ad import losses
 
@@ -234,6 +239,7 @@ def test_sam_every_is_checked():
         PretrainConfig(sam_every=0)
 
 
+@pytest.mark.slow
 def test_looksam_pretrain_runs_and_its_checkpoint_keeps_the_cycle(tmp_path):
     out = tmp_path / "run"
     pretrain.main(["--config", TINY, "--out", str(out), "--epochs", "1", "--knn-every", "0", "--sam-every", "2"])

@@ -122,6 +122,7 @@ def test_pretrain_rerun_with_other_settings_is_refused(pretrained, args, named):
     assert before == {p: p.read_bytes() for p in before}
 
 
+@pytest.mark.slow
 def test_extending_epochs_resumes_says_so_and_records_it(pretrained, tmp_path, capsys):
     import shutil
 
@@ -195,6 +196,7 @@ def test_simclr_cell_resumed_with_another_encoder_is_refused(tmp_path):
 SWEEP = ["--config", TINY, "--sweep", "--inits", "random", "--fractions", "1.0", "--seeds", "0", "--epochs", "1"]
 
 
+@pytest.mark.slow
 def test_sweep_rerun_with_another_group_by_never_trains_on_its_test_set(tmp_path):
     root = finetune.main([*SWEEP, "--out", str(tmp_path / "sw")])
     cell = _killed(root / "random-finetune" / "frac1" / "seed0")
@@ -218,6 +220,7 @@ def test_sweep_rerun_with_another_group_by_never_trains_on_its_test_set(tmp_path
     assert _epochs(cell) == [1]  # trained afresh on the new split, not resumed from the old one
 
 
+@pytest.mark.slow
 def test_old_run_dirs_without_identity_resume_and_restore(tmp_path):
     from simclr_ad import report
 
@@ -278,6 +281,7 @@ def test_lock_is_released_when_the_run_fails(tmp_path):
 
 # ----------------------------------------------------------------------------- #7, #9: records
 
+@pytest.mark.slow
 def test_kill_during_the_first_save_leaves_no_temp_file_and_no_repeated_epochs(tmp_path, monkeypatch):
     out = tmp_path / "run"
     real_replace = os.replace
