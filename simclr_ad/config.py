@@ -99,7 +99,7 @@ class CommonConfig:
 class AugmentConfig:
     """Strengths of the batched grayscale augmentations (see augment.py)."""
 
-    aug_crop_scale_min: float = 0.3  # 0.08 is ImageNet@224's; small MRI slices keep more context
+    aug_crop_scale_min: float = 0.3  # smallest random-resized-crop area share (ImageNet@224 uses 0.08; MRI slices keep more)
     aug_crop_scale_max: float = 1.0  # largest random-resized-crop area share
     aug_flip_prob: float = 0.5  # probability of a horizontal flip
     aug_rotate_deg: float = 10.0  # largest rotation in degrees (either way)
@@ -199,15 +199,16 @@ class FinetuneConfig(AugmentConfig, CommonConfig):
     # a dir of run records in the sweep's layout (report --copy-runs writes one): finished cells are taken
     # from there when their settings (and SimCLR encoder) match, e.g. on a fresh machine
     restore_from: Optional[str] = None
-    # lighter augmentation than pretraining
-    aug_crop_scale_min: float = 0.8  # smallest random-resized-crop area share
-    aug_rotate_deg: float = 5.0  # largest rotation in degrees (either way)
-    aug_translate: float = 0.02  # largest shift as a share of the image side
-    aug_brightness: float = 0.1  # brightness factor drawn in [1 - this, 1 + this]
-    aug_contrast: float = 0.1  # contrast factor around the image mean, drawn in [1 - this, 1 + this]
-    aug_gamma: float = 0.1  # gamma exponent exp(u), u drawn in [-this, this]
-    aug_blur_prob: float = 0.0  # probability of a Gaussian blur
-    aug_noise_std: float = 0.0  # largest std of additive Gaussian noise (drawn per image)
+    # lighter augmentation than pretraining (each key's help is AugmentConfig's)
+
+    aug_crop_scale_min: float = 0.8
+    aug_rotate_deg: float = 5.0
+    aug_translate: float = 0.02
+    aug_brightness: float = 0.1
+    aug_contrast: float = 0.1
+    aug_gamma: float = 0.1
+    aug_blur_prob: float = 0.0
+    aug_noise_std: float = 0.0
 
     def __post_init__(self) -> None:
         CommonConfig.__post_init__(self)
