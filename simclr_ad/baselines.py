@@ -34,7 +34,7 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
-from simclr_ad import checkpoint, data, evaluate, rundir, runtime, splits
+from simclr_ad import data, evaluate, fileio, grouping, rundir, runtime, splits
 from simclr_ad.config import FinetuneConfig, config_to_dict, parse_config, replace
 from simclr_ad.errors import UserError, friendly_errors
 from simclr_ad.finetune import run_facts, task_labels, test_metrics, write_predictions
@@ -128,9 +128,9 @@ def score_one(cfg: FinetuneConfig, name: str, fitter: Fitter, features: np.ndarr
     metrics = {**test_metrics(test, probabilities, test_labels, groups, split, classes),
                **run_facts(replace(cfg, init="random"), split, index, images.paths, best),
                "init": name, "mode": MODE, "epochs": 0, "encoder": cfg.encoder if "simclr" in name else None,
-               "encoder_sha256": checkpoint.file_sha256(cfg.encoder) if "simclr" in name else None}
-    checkpoint.prepare_run_dir(out)
-    checkpoint.atomic_write_text(out / "config.yaml", _config_yaml(cfg, name))
+               "encoder_sha256": fileio.file_sha256(cfg.encoder) if "simclr" in name else None}
+    fileio.prepare_run_dir(out)
+    fileio.atomic_write_text(out / "config.yaml", _config_yaml(cfg, name))
     write_predictions(out / "predictions.csv", test_paths, groups, test_labels, probabilities, classes)
     metrics["wall_s"] = round(time.time() - started, 2)
     write_json(out / "metrics.json", metrics)  # written last: it marks the run complete
@@ -156,7 +156,7 @@ def run_all(cfg: FinetuneConfig) -> Path:
     if not split_file.is_file():
         splits.write_splits(splits.splits_for(cfg, images), split_file)
     split = splits.splits_for(replace(cfg, splits=str(split_file)), images)
-    pixels = splits.thumbnail_features(images)
+    pixels = grouping.thumbnail_features(images)
     feature_cache: dict[tuple[str, int], np.ndarray] = {}
     for seed in cfg.seeds:
         for fraction in cfg.fractions:

@@ -45,7 +45,7 @@ import torchvision
 from lightly.transforms import SimCLRTransform
 from PIL import Image
 
-from simclr_ad import augment, checkpoint, losses, runtime
+from simclr_ad import augment, fileio, losses, runtime
 from simclr_ad.config import FinetuneConfig, PretrainConfig
 from simclr_ad.errors import UserError, friendly_errors
 from simclr_ad.models import SimCLRModel, build_backbone, build_classifier
@@ -549,7 +549,7 @@ def _bench_jsons(folder: Path) -> list[dict]:
 
 
 @friendly_errors
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m simclr_ad.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="resnet50", choices=["resnet18", "resnet50"])
@@ -577,7 +577,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--host-class", action="store_true", help="print this host's ISA class, then stop")
     parser.add_argument("--serve", choices=list(LOOPS), default=None,
                         help=argparse.SUPPRESS)  # internal: a child process that runs one loop
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """``python -m simclr_ad.bench``: time our step against the reference loop's (or summarise, or serve one loop)."""
+    args = build_parser().parse_args(argv)
     if args.host_class:
         print(runtime.host_class())
         return {"host_class": runtime.host_class()}
@@ -600,7 +605,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.serve:
         return _serve(args)
 
-    child_argv = list(sys.argv[1:] if argv is None else argv)
+    return measure(args, list(sys.argv[1:] if argv is None else argv))
+
+
+def measure(args: argparse.Namespace, child_argv: list[str]) -> dict:
+    """Each loop in a child process of its own, interleaved over rounds; the medians as the bench JSON."""
     _load_images(args)  # generate the phantoms once, before the children read them
     loops = {name: _Child(name, child_argv) for name in LOOPS}
     # "full" steps read the data loader, so they run between its start and stop; "net" and
@@ -667,7 +676,7 @@ def _result(args, timings: dict, peak_rss: dict, info: dict, child_argv: list[st
         "cpu_flags": [f for f in runtime.ISA_FLAGS if f in flags],
         "machine": f"{runtime.cpu_model()}, {threads} threads, torch {torch.__version__}",
         "command": shlex.join(["python", "-m", "simclr_ad.bench", *child_argv]),
-        "git_sha": checkpoint.git_sha(), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "git_sha": fileio.git_sha(), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
     }
 
 

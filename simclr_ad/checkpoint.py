@@ -2,77 +2,37 @@
 
 A checkpoint is one dict: model, optimizer, scheduler, epoch, step, rng, best_metric,
 config, git_sha (plus format, arch and extra). A kill during a save leaves the
-previous file intact: we write a temp file, fsync it, then ``os.replace`` it.
+previous file intact (fileio.atomic_write_bytes).
 """
 from __future__ import annotations
 
-import functools
-import hashlib
 import io
 import math
-import os
 import pickle
 import re
-import subprocess
-import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
-from simclr_ad.errors import UserError
+from simclr_ad import fileio
 
 CHECKPOINT_FORMAT = 1
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
-class CheckpointError(UserError):
-    pass
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old or the new file, never a torn one."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        raise CheckpointError(f"cannot write {path}: {err.strerror or err}") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o666 & ~_UMASK)  # mkstemp's 0600 would hide results from others
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise CheckpointError(f"cannot write {path}: {err.strerror or err} "
-                              "(the previous file, if any, is intact)") from None
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+class CheckpointError(fileio.FileError):
+    """A checkpoint that cannot be read, written or resumed from."""
 
 
 def save(obj: dict[str, Any], path: str | Path) -> None:
     """Serialise with torch.save into memory, then write atomically."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    try:
+        fileio.atomic_write_bytes(path, buffer.getvalue())
+    except fileio.FileError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -110,37 +70,6 @@ def state_dict_of(obj: dict[str, Any]) -> dict[str, torch.Tensor]:
     raise CheckpointError("file is neither a simclr_ad checkpoint nor a state_dict of tensors")
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes: which exact encoder (or data file) a run used."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-@functools.lru_cache(maxsize=1)
-def git_sha() -> Optional[str]:
-    """The SHA of the checkout this package runs from, '+dirty' if modified; None outside git.
-
-    Only changes outside results/ count as dirty: a run writing its results there (a bench
-    script's second run, say) is still a clean checkout of this code.
-
-    Cached: the first call (stages make it at start-up) speaks for the whole process, so
-    editing the tree while a long run goes on does not relabel its later checkpoints.
-    """
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                             timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
-                                ":(top)", ":(top,exclude)results"], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -167,25 +96,10 @@ def make(model: torch.nn.Module, optimizer, scheduler, epoch: int, step: int, be
         "rng": rng_state(),
         "best_metric": best_metric,
         "config": config,
-        "git_sha": git_sha(),
+        "git_sha": fileio.git_sha(),
         "arch": arch,
         "extra": extra or {},
     }
-
-
-def prepare_run_dir(path: str | Path) -> Path:
-    """Create the run dir; an ``--out`` that is a file, or is not writable, is one clear error."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise CheckpointError(f"--out {path} is a file, not a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"  # per process: torchrun ranks probe at once
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise CheckpointError(f"cannot write to run dir {path}: {err.strerror or err}") from None
-    return path
 
 
 # param-group keys that are torch implementation choices, or that schedules move

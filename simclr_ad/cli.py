@@ -25,7 +25,7 @@ def run_stage(module: str, tuned_malloc: bool) -> int | None:
 
 
 def data() -> int | None:
-    return run_stage("simclr_ad.data", TUNED_MALLOC["data"])
+    return run_stage("simclr_ad.data_cli", TUNED_MALLOC["data"])
 
 
 def pretrain() -> int | None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
+import re
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -17,6 +19,7 @@ from typing import Any, Optional
 import yaml
 
 from simclr_ad.errors import UserError
+from simclr_ad.fileio import atomic_write_text
 
 CONFIG_FORMAT = 1  # bump when a saved config can no longer be read by this code
 ARCHS = ("resnet18", "resnet50", "densenet121", "mobilenet_v2")
@@ -31,36 +34,36 @@ class CommonConfig:
     """Keys every stage understands."""
 
     # data
-    data_dir: Optional[str] = None  # None: the embedded synthetic phantom dataset
+    data_dir: Optional[str] = None  # dataset root (class folders, split folders or manifest.csv); None: phantoms
     synth_n: int = 2000  # phantom images when data_dir is None
-    synth_seed: int = 0
+    synth_seed: int = 0  # seed of the phantom dataset
     synth_slices: int = 32  # slices per phantom subject (the Kaggle set has ~32; fewer gives more subjects)
     synth_min_subjects: int = 2  # phantom subjects per class at least (the Kaggle set's rarest class has 2)
-    image_size: int = 128
+    image_size: int = 128  # side in pixels that images are resized to (padded square first)
     strict: bool = False  # unreadable images are an error instead of a named skip
     allow_absolute_paths: bool = False  # manifest paths may point outside the data root
     cache_dir: Optional[str] = None  # decoded-image cache; None: ~/.cache/simclr_ad
     # protocol
     splits: Optional[str] = None  # splits.json; None: computed from the data with the keys below
     group_by: str = "default"  # default|subject|auto|image
-    val_frac: float = 0.1
-    test_frac: float = 0.2
-    split_seed: int = 0
+    val_frac: float = 0.1  # validation share of all images (by whole groups)
+    test_frac: float = 0.2  # test share of all images (by whole groups)
+    split_seed: int = 0  # seed of the group assignment to train/val/test
     # model and run
-    arch: str = "resnet50"
-    init: str = "random"
-    seed: int = 0
-    epochs: int = 100
-    batch_size: int = 64
-    out: Optional[str] = None
+    arch: str = "resnet50"  # backbone: resnet18|resnet50|densenet121|mobilenet_v2, with a one-channel stem
+    init: str = "random"  # backbone start: random|imagenet|PATH to a state_dict
+    seed: int = 0  # seed of initialisation, batches and augmentation
+    epochs: int = 100  # training epochs (a larger value on a finished run's dir extends it)
+    batch_size: int = 64  # images per optimisation step (per process under torchrun)
+    out: Optional[str] = None  # run dir; None: runs/<stage>-<settings>; re-running with it resumes
     device: str = "auto"  # auto|cpu|cuda
     precision: str = "auto"  # auto (bf16 on CUDA and on fast-bf16 CPUs, see runtime.host_class)|bf16|fp16|fp32
-    channels_last: bool = True
+    channels_last: bool = True  # channels_last memory format (faster convolutions on CPU and GPU)
     small_map_gemm: bool = True  # CPU: convs on 2x2 outputs and small or strided 1x1 ones as GEMMs, see smallconv.py
-    deterministic: bool = False
+    deterministic: bool = False  # deterministic algorithms: a resumed run matches an uninterrupted one bit for bit
     num_threads: int = 0  # 0: all cores
     sync_bn: bool = True  # SyncBatchNorm under torchrun on GPUs (torch has no CPU SyncBatchNorm)
-    progress: bool = True
+    progress: bool = True  # show a tqdm progress bar
     # a run dir whose recorded settings differ is refused; --overwrite starts it afresh instead (see rundir.py)
     overwrite: bool = False
     format: int = CONFIG_FORMAT
@@ -96,17 +99,17 @@ class CommonConfig:
 class AugmentConfig:
     """Strengths of the batched grayscale augmentations (see augment.py)."""
 
-    aug_crop_scale_min: float = 0.3  # 0.08 is ImageNet@224's; small MRI slices keep more context
-    aug_crop_scale_max: float = 1.0
-    aug_flip_prob: float = 0.5
-    aug_rotate_deg: float = 10.0
-    aug_translate: float = 0.05
-    aug_brightness: float = 0.4
-    aug_contrast: float = 0.4
-    aug_gamma: float = 0.3
-    aug_blur_prob: float = 0.5
+    aug_crop_scale_min: float = 0.3  # smallest random-resized-crop area share (ImageNet@224 uses 0.08; MRI slices keep more)
+    aug_crop_scale_max: float = 1.0  # largest random-resized-crop area share
+    aug_flip_prob: float = 0.5  # probability of a horizontal flip
+    aug_rotate_deg: float = 10.0  # largest rotation in degrees (either way)
+    aug_translate: float = 0.05  # largest shift as a share of the image side
+    aug_brightness: float = 0.4  # brightness factor drawn in [1 - this, 1 + this]
+    aug_contrast: float = 0.4  # contrast factor around the image mean, drawn in [1 - this, 1 + this]
+    aug_gamma: float = 0.3  # gamma exponent exp(u), u drawn in [-this, this]
+    aug_blur_prob: float = 0.5  # probability of a Gaussian blur
     aug_blur_sigma: float = 1.5  # max sigma in pixels at 128 px, scaled with image size
-    aug_noise_std: float = 0.05
+    aug_noise_std: float = 0.05  # largest std of additive Gaussian noise (drawn per image)
 
     def __post_init__(self) -> None:
         _check(0 < self.aug_crop_scale_min <= self.aug_crop_scale_max <= 1, "aug_crop_scale_min",
@@ -124,24 +127,24 @@ class PretrainConfig(AugmentConfig, CommonConfig):
 
     pretrain_on: str = "all"  # all|train (train: exclude val and test images of the split)
     optimizer: str = "sam"  # sam|sgd
-    lr: float = 1e-2
-    momentum: float = 0.9
-    weight_decay: float = 1e-6
-    sam_rho: float = 2.0
-    sam_adaptive: bool = True
-    warmup_epochs: int = 10
-    min_lr_ratio: float = 0.0
-    temperature: float = 0.5
+    lr: float = 1e-2  # base learning rate of SGD (inside SAM)
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 1e-6  # weight decay (not on biases and norms)
+    sam_rho: float = 2.0  # SAM neighbourhood radius rho
+    sam_adaptive: bool = True  # ASAM: scale SAM's perturbation by |w| (Kwon et al. 2021)
+    warmup_epochs: int = 10  # linear LR warmup epochs before the cosine decay
+    min_lr_ratio: float = 0.0  # LR at the end of the cosine, as a share of lr
+    temperature: float = 0.5  # NT-Xent temperature
     # views: two augmentations of one image (SimCLR). subject: the second view is of another slice of the
     # same subject (known ids, else groups inferred without labels), as MICLe (Azizi et al., ICCV 2021).
     positives: str = "views"
     # all: every other sample of the batch is a negative (SimCLR). other_subjects: slices of the anchor's own
     # subject (known ids, else groups inferred without labels) are not negatives: they are near-duplicates
     negatives: str = "all"
-    proj_hidden_dim: int = 2048
-    proj_out_dim: int = 128
-    knn_k: int = 20
-    knn_t: float = 0.1
+    proj_hidden_dim: int = 2048  # hidden width of the projection head
+    proj_out_dim: int = 128  # output width of the projection head (the contrastive space)
+    knn_k: int = 20  # neighbours of the kNN monitor
+    knn_t: float = 0.1  # temperature of the kNN monitor's weighted vote
     knn_every: int = 1  # epochs between kNN monitor evaluations; 0 disables it
     checkpoint_every_steps: int = 0  # also save mid-epoch every N steps; 0: once per epoch
     sam_every: int = 1  # SAM's two passes every N-th step, one pass reusing its direction between (LookSAM); 1: full SAM
@@ -165,37 +168,39 @@ class PretrainConfig(AugmentConfig, CommonConfig):
 class FinetuneConfig(AugmentConfig, CommonConfig):
     """Supervised fine-tuning / linear probing. Defaults: AdamW 1e-4, wd 1e-8, 100 epochs."""
 
-    label_frac: float = 1.0
+    label_frac: float = 1.0  # share of the training labels used (nested subsets from the split file)
     init: str = "simclr"  # simclr|random|imagenet|PATH
     encoder: Optional[str] = None  # encoder.pt for init=simclr
     mode: str = "finetune"  # finetune|linear
     task: str = "multiclass"  # multiclass|binary
+    # task binary: the classes that count as positive
     positive_classes: tuple[str, ...] = ("Very_Mild_Demented", "Mild_Demented", "Moderate_Demented")
     binary_names: tuple[str, ...] = ("Non_Demented", "Demented")  # names of the negative and positive class
-    lr: float = 1e-4
-    weight_decay: float = 1e-8
-    dropout: float = 0.5
-    class_weights: bool = False
+    lr: float = 1e-4  # AdamW learning rate
+    weight_decay: float = 1e-8  # AdamW weight decay
+    dropout: float = 0.5  # dropout before the linear head
+    class_weights: bool = False  # weight the loss by inverse class frequency of the labelled subset
     early_stop_patience: int = 20  # epochs without val balanced-accuracy gain; 0 disables
     # plateau: ReduceLROnPlateau on the validation loss (the seed project's); cosine: linear warmup over
     # warmup_epochs, then cosine decay per step to zero; constant: lr throughout
     lr_schedule: str = "plateau"
-    warmup_epochs: float = 0.0  # cosine only
-    label_smoothing: float = 0.0
-    plateau_patience: int = 5
-    plateau_factor: float = 0.5
-    eval_batch_size: int = 256
+    warmup_epochs: float = 0.0  # cosine only: epochs of linear LR warmup (may be fractional)
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    plateau_patience: int = 5  # plateau only: epochs without val-loss gain before the LR drops
+    plateau_factor: float = 0.5  # plateau only: factor the LR is multiplied by
+    eval_batch_size: int = 256  # batch size of validation and test inference
     min_steps_per_epoch: int = 0  # >0: small label subsets are repeated to give this many steps per epoch
     # sweep mode: run the grid below, one sub-run each, skipping finished ones
-    sweep: bool = False
-    fractions: tuple[float, ...] = (0.01, 0.1, 0.2, 0.5, 1.0)
-    inits: tuple[str, ...] = ("simclr", "random")
-    modes: tuple[str, ...] = ("finetune",)
-    seeds: tuple[int, ...] = (0, 1, 2)
+    sweep: bool = False  # run the grid fractions x inits x modes x seeds below, one sub-run each
+    fractions: tuple[float, ...] = (0.01, 0.1, 0.2, 0.5, 1.0)  # sweep: label fractions
+    inits: tuple[str, ...] = ("simclr", "random")  # sweep: backbone inits (simclr needs --encoder)
+    modes: tuple[str, ...] = ("finetune",)  # sweep: finetune and/or linear
+    seeds: tuple[int, ...] = (0, 1, 2)  # sweep: seeds
     # a dir of run records in the sweep's layout (report --copy-runs writes one): finished cells are taken
     # from there when their settings (and SimCLR encoder) match, e.g. on a fresh machine
     restore_from: Optional[str] = None
-    # lighter augmentation than pretraining
+    # lighter augmentation than pretraining (each key's help is AugmentConfig's)
+
     aug_crop_scale_min: float = 0.8
     aug_rotate_deg: float = 5.0
     aug_translate: float = 0.02
@@ -327,12 +332,27 @@ def read_yaml_config(path: str | Path, stage: str) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- CLI
 
-def _parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+def field_help(cls: type) -> dict[str, str]:
+    """One line of help per config field, read from the comments of its definition (the single place).
+
+    A field's help is its trailing ``# comment``, else the comment lines right above it; a subclass
+    that redefines a field without a comment keeps its base class's help.
+    """
+    helps: dict[str, str] = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        block: list[str] = []
+        for line in inspect.getsource(klass).splitlines():
+            text = line.strip()
+            if text.startswith("#"):
+                block.append(text.lstrip("# ").strip())
+                continue
+            match = re.match(r"([a-z_]+)\s*:[^=]+=[^#]*(?:#\s*(.*))?$", text)
+            if match and match.group(1) in klass.__dataclass_fields__:
+                own = match.group(2) or " ".join(block)
+                if own:
+                    helps[match.group(1)] = own.strip()
+            block = []
+    return helps
 
 
 class _Parser(argparse.ArgumentParser):
@@ -343,6 +363,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser(cls: type, description: str) -> argparse.ArgumentParser:
     parser = _Parser(description=description, allow_abbrev=False)
     parser.add_argument("--config", help="YAML file with defaults (CLI flags override it)")
+    helps = {name: text.replace("%", "%%") for name, text in field_help(cls).items()}  # argparse %-formats help
     for name, tp in _field_types(cls).items():
         if name == "format":
             continue
@@ -351,13 +372,14 @@ def build_parser(cls: type, description: str) -> argparse.ArgumentParser:
         default = getattr(cls, name, None)
         if inner is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"(default: {default})")
+                                help=f"{helps.get(name, '')} (default: {default})".lstrip())
         elif typing.get_origin(inner) is tuple:
             item = typing.get_args(inner)[0]
             parser.add_argument(flag, dest=name, nargs="+", type=item, default=None,
-                                help=f"(default: {' '.join(map(str, default))})")
+                                help=f"{helps.get(name, '')} (default: {' '.join(map(str, default))})".lstrip())
         else:
-            parser.add_argument(flag, dest=name, type=inner, default=None, help=f"(default: {default})")
+            parser.add_argument(flag, dest=name, type=inner, default=None,
+                                help=f"{helps.get(name, '')} (default: {default})".lstrip())
     return parser
 
 
@@ -394,8 +416,6 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def write_config(cfg: Any, path: str | Path) -> None:
-    from simclr_ad.checkpoint import atomic_write_text
-
     atomic_write_text(Path(path), yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 

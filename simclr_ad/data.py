@@ -10,11 +10,9 @@ With no data dir, the embedded synthetic phantom dataset is generated into the c
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import io
-import json
 import os
 import re
 import warnings
@@ -27,12 +25,15 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from simclr_ad.errors import UserError, friendly_errors
+from simclr_ad.errors import UserError
+from simclr_ad.fileio import atomic_write_bytes
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                "test": "test", "testing": "test"}
 CACHE_FORMAT = 1
+# what PIL raises on a file it cannot decode (truncated, not an image, a decompression bomb)
+DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 MAX_ASPECT = 10  # images are padded square before resizing: a 1x150000 strip would ask for 22.5 GB
 
 
@@ -358,7 +359,7 @@ def decode(images: ImageSet, size: int, cache_dir: str | Path | None = None, str
                 ok[i] = True
                 reasons.append("")
                 info.append((wh, mode))
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            except DECODE_ERRORS as err:
                 reasons.append(f"unreadable: {type(err).__name__}: {str(err)[:120] or 'empty file'}")
                 info.append(((0, 0), ""))
         _save_cache(cache_file, arrays, ok, reasons, info)
@@ -385,7 +386,7 @@ def _decode_mask(root: Path, mask: str, image: str, size: int) -> np.ndarray:
         return decode_image(_read_bytes(root, mask), size)[0] > 127
     except FileNotFoundError:
         raise DataError(f"mask {mask!r} of {image!r} does not exist under {root}") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+    except DECODE_ERRORS as err:
         reason = "not a readable image" if isinstance(err, UnidentifiedImageError) else f"{type(err).__name__}: {err}"
         raise DataError(f"mask {mask!r} of {image!r} cannot be read ({reason[:120]})") from None
 
@@ -408,7 +409,6 @@ def _load_cache(path: Path, n: int, size: int):
 
 
 def _save_cache(path: Path, arrays, ok, reasons, info) -> None:
-    from simclr_ad.checkpoint import atomic_write_bytes
 
     buffer = io.BytesIO()
     np.savez(buffer, images=arrays, ok=ok, reasons=np.array(reasons, dtype=str),
@@ -451,7 +451,7 @@ def load_dataset(cfg) -> ImageSet:
     return decode(found, cfg.image_size, cfg.cache_dir, strict=cfg.strict, progress=cfg.progress)
 
 
-# --------------------------------------------------------------------------- CLI
+# --------------------------------------------------------------------------- facts
 
 def describe(found: ImageSet) -> dict:
     """The facts ``inspect`` prints, as one JSON-able dict."""
@@ -480,79 +480,7 @@ def describe(found: ImageSet) -> dict:
     return report
 
 
-def _cmd_inspect(args: argparse.Namespace) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from simclr_ad import volume_data
-        found = decode(scan(args.data_dir, slicing=volume_data.slicing_of(args)), 32, args.cache_dir, strict=False)
-    report = describe(found)
-    if args.preview:
-        report["preview"] = str(volume_data.preview(found, args.preview))
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return
-    print(f"data dir : {report['root']}\nlayout   : {report['layout']}")
-    print(f"images   : {report['n_images']} readable"
-          + (f", {report['n_subjects']} subjects" if report["subjects_known"] else ", no subject ids"))
-    width = max(len(c) for c in report["classes"])
-    for name, count in report["classes"].items():
-        share = 100.0 * count / max(1, report["n_images"])
-        print(f"  {name:<{width}}  {count:6d}  {share:5.1f}%")
-    for split, counts in report.get("splits", {}).items():
-        print(f"  {split}: " + ", ".join(f"{c}={n}" for c, n in counts.items()))
-    print("sizes    : " + ", ".join(f"{s} x{n}" for s, n in report["image_sizes"].items()))
-    print("modes    : " + ", ".join(f"{m} x{n}" for m, n in report["image_modes"].items()))
-    if "volumes" in report:
-        vols, spv = report["volumes"], report["volumes"]["slices_per_volume"]
-        print(f"volumes  : {vols['n_volumes']}, {spv['min']}..{spv['max']} {vols['slice_axis']} slices each "
-              f"(slices={vols['slices']})" + (f"; preview: {report['preview']}" if "preview" in report else ""))
-    if report["unreadable"]:
-        print(f"skipped  : {len(report['unreadable'])} file(s)")
-        for path, reason in report["unreadable_reasons"].items():
-            print(f"  {path}: {reason}")
+if __name__ == "__main__":  # the command line lives in data_cli.py
+    from simclr_ad.data_cli import main
 
-
-def _cmd_synth(args: argparse.Namespace) -> None:
-    from simclr_ad import phantom
-
-    if not args.out and not args.preview:
-        raise DataError("`synth` needs --out DIR (the dataset) and/or --preview PNG (a picture of it)")
-    if args.preview:
-        print(f"preview: {phantom.preview(args.preview, seed=args.seed, size=args.size)}")
-    if args.out and args.format == "nifti":
-        out = phantom.write_volumes(args.out, n=args.n, seed=args.seed, size=args.size)
-        print(f"wrote {args.n} phantom slices as NIfTI volumes, one per subject, to {out}")
-    elif args.out:
-        out = phantom.write_dataset(args.out, n=args.n, seed=args.seed, size=args.size)
-        print(f"wrote {args.n} phantom images to {out} (manifest: {out / 'manifest.csv'})")
-
-
-@friendly_errors
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m simclr_ad.data", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    inspect = sub.add_parser("inspect", help="describe a dataset: layout, classes, sizes, unreadable files")
-    inspect.add_argument("--data-dir", required=True)
-    inspect.add_argument("--cache-dir", default=None)
-    inspect.add_argument("--json", action="store_true")
-    from simclr_ad import volume_data
-
-    volume_data.add_cli_args(inspect)
-    synth = sub.add_parser("synth", help="write the synthetic phantom dataset")
-    synth.add_argument("--out", default=None, help="write the dataset here (class folders + manifest.csv)")
-    synth.add_argument("--preview", default=None, help="save a grid of examples per grade, with masks, as PNG")
-    synth.add_argument("--n", type=int, default=6400)
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--size", type=int, default=128)
-    synth.add_argument("--format", choices=("png", "nifti"), default="png",
-                       help="png: class folders of slices + manifest.csv; nifti: one .nii.gz volume per subject")
-    from simclr_ad import splits
-
-    splits.add_cli(sub)
-    args = parser.parse_args(argv)
-    {"inspect": _cmd_inspect, "synth": _cmd_synth}.get(args.command, getattr(args, "handler", None))(args)
-
-
-if __name__ == "__main__":
     main()

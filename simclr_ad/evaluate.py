@@ -1,8 +1,9 @@
 """Inference and metrics: embeddings, class probabilities, kNN monitor, slice and subject metrics."""
 from __future__ import annotations
 
+import contextlib
 import warnings
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -15,33 +16,56 @@ from simclr_ad import augment
 from simclr_ad.runtime import Runtime
 
 
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` in eval mode for the block; its train/eval mode is restored after, even on an error."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
-def _batched(fn, images: torch.Tensor, size: int, rt: Runtime, batch_size: int) -> torch.Tensor:
+def outputs_of(fn, model: torch.nn.Module, images: torch.Tensor, size: int | None, rt: Runtime | None,
+               batch_size: int) -> torch.Tensor:
+    """``fn(x)`` in fp32 on the CPU for batches of ``images``, with ``model`` in eval mode and no grad.
+
+    ``images`` are uint8 [N,1,H,W], resized to ``size`` and normalised as in evaluation; with
+    ``size`` None they are model inputs already (normalised float [N,1,H,W]). ``rt`` gives device,
+    memory format and autocast; None runs in fp32 on the model's device.
+    """
     outputs = []
-    for start in range(0, len(images), batch_size):
-        x = rt.to_input(augment.prepare(images[start:start + batch_size].to(rt.device), size))
-        with rt.autocast():
-            outputs.append(fn(x).float().cpu())
+    device = next(model.parameters()).device
+    with eval_mode(model):
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            if rt is None:
+                outputs.append(fn(chunk.to(device, torch.float32)).float().cpu())
+                continue
+            x = rt.to_input(augment.prepare(chunk.to(rt.device), size) if size is not None else chunk)
+            with rt.autocast():
+                outputs.append(fn(x).float().cpu())
     return torch.cat(outputs) if outputs else torch.empty(0)
 
 
 def embed(backbone: torch.nn.Module, images: torch.Tensor, size: int, rt: Runtime,
           batch_size: int = 256) -> torch.Tensor:
     """L2-normalised backbone features [N, D] of uint8 images [N,1,H,W] (eval mode, no grad)."""
-    was_training = backbone.training
-    backbone.eval()
-    feats = _batched(lambda x: backbone(x).flatten(1), images, size, rt, batch_size)
-    backbone.train(was_training)
-    return F.normalize(feats, dim=1)
+    return F.normalize(outputs_of(lambda x: backbone(x).flatten(1), backbone, images, size, rt, batch_size), dim=1)
 
 
-def predict_proba(model: torch.nn.Module, images: torch.Tensor, size: int, rt: Runtime,
+def predict_proba(model: torch.nn.Module, images: torch.Tensor, size: int | None, rt: Runtime | None,
                   batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities [N, C] and logits [N, C] of a classifier (eval mode, no grad)."""
-    was_training = model.training
-    model.eval()
-    logits = _batched(model, images, size, rt, batch_size)
-    model.train(was_training)
+    """Softmax probabilities [N, C] and logits [N, C] of a classifier (eval mode, no grad).
+
+    ``size``/``rt`` as in ``outputs_of``: uint8 images at ``size`` under ``rt``, or (both None)
+    normalised inputs in fp32 on the model's device.
+    """
+    logits = outputs_of(model, model, images, size, rt, batch_size)
+    if logits.numel() == 0:
+        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
     return logits.softmax(dim=1).numpy(), logits.numpy()
 
 

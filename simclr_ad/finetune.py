@@ -15,7 +15,6 @@ import csv
 import hashlib
 import io
 import itertools
-import json
 import os
 import time
 from pathlib import Path
@@ -24,13 +23,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from simclr_ad import augment, checkpoint, data, evaluate, losses, rundir, runtime, splits
+from simclr_ad import augment, checkpoint, data, evaluate, fileio, losses, plots, rundir, runs, runtime, splits
 from simclr_ad.config import FinetuneConfig, config_to_dict, parse_config, replace
 from simclr_ad.data import class_key
 from simclr_ad.errors import UserError, friendly_errors
 from simclr_ad.models import build_classifier, init_backbone
 from simclr_ad.optim import cosine_with_warmup
-from simclr_ad.runlog import RECORD_FILES, RunLog, write_json
+from simclr_ad.runlog import RunLog, write_json
 
 
 def task_labels(images: data.ImageSet, cfg: FinetuneConfig) -> tuple[list[str], np.ndarray]:
@@ -109,7 +108,64 @@ def write_predictions(path: Path, paths: list[str], groups: list[str], labels: n
     writer.writerow(["path", "group", "true", "pred", *[f"p_{c}" for c in classes]])
     for p, g, y, prob in zip(paths, groups, labels, probabilities):
         writer.writerow([p, g, classes[y], classes[int(prob.argmax())], *[f"{v:.6f}" for v in prob]])
-    checkpoint.atomic_write_text(path, buffer.getvalue())
+    fileio.atomic_write_text(path, buffer.getvalue())
+
+
+def fit(model, train: tuple, val: tuple, classes: list[str], cfg: FinetuneConfig, rt: runtime.Runtime,
+        optimizer, scheduler, loss_fns: tuple, ckpt: dict | None, run_dir: Path, log: RunLog) -> dict:
+    """Epochs from the checkpoint's on, selecting on validation (best.pt); returns the selection state."""
+    (train_images, train_labels), (val_images, val_labels), (loss_fn, eval_loss) = train, val, loss_fns
+    best = ckpt["extra"] if ckpt else {"best_metric": -1.0, "best_val_loss": float("inf"), "best_epoch": 0,
+                                       "stale_epochs": 0}
+    for epoch in range(ckpt["epoch"] if ckpt else 0, cfg.epochs):
+        if cfg.early_stop_patience and best["stale_epochs"] >= cfg.early_stop_patience:
+            break
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout: resumable, reproducible
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        lr = optimizer.param_groups[0]["lr"]  # at the epoch's start (a per-step schedule moves it)
+        stats = train_one_epoch(model, train_images, train_labels, cfg, rt, optimizer, scheduler, loss_fn, generator,
+                                epoch)
+        val, _ = evaluate_split(model, val_images, val_labels, cfg, rt, eval_loss, classes)
+        if cfg.lr_schedule == "plateau":
+            scheduler.step(val["loss"])
+        improved = val["balanced_accuracy"] > best["best_metric"] or (
+            val["balanced_accuracy"] == best["best_metric"] and val["loss"] < best["best_val_loss"])
+        if improved:
+            best = {"best_metric": val["balanced_accuracy"], "best_val_loss": val["loss"], "best_epoch": epoch + 1,
+                    "stale_epochs": 0}
+            checkpoint.save(checkpoint.make(model, None, None, epoch + 1, epoch + 1, best["best_metric"],
+                                            config_to_dict(cfg), cfg.arch, _model_info(classes, cfg)),
+                            run_dir / runs.BEST_CHECKPOINT)
+        else:
+            best["stale_epochs"] += 1
+        log.log({"epoch": epoch + 1, **stats, "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+                 "val_balanced_accuracy": val["balanced_accuracy"], "lr": lr},
+                step=epoch + 1)
+        checkpoint.save(checkpoint.make(model, optimizer, scheduler, epoch + 1, epoch + 1, best["best_metric"],
+                                        config_to_dict(cfg), cfg.arch, best), run_dir / runs.LAST_CHECKPOINT)
+    return best
+
+
+def test_once(model, images: data.ImageSet, split: dict, index: dict, all_labels: np.ndarray, classes: list[str],
+              cfg: FinetuneConfig, rt: runtime.Runtime, eval_loss, best: dict, run_dir: Path, log: RunLog) -> dict:
+    """Test the model selected on validation (best.pt), once; write predictions.csv and the TensorBoard
+    figures; return the metrics (without wall_s)."""
+    if (run_dir / runs.BEST_CHECKPOINT).is_file():
+        model.load_state_dict(checkpoint.load(run_dir / runs.BEST_CHECKPOINT)["model"])
+    test_labels = all_labels[index["test"]]
+    test, probabilities = evaluate_split(model, images.images[index["test"]], test_labels, cfg, rt, eval_loss, classes)
+    test_paths = [images.paths[i] for i in index["test"]]
+    groups = [str(split["groups"][p]) for p in test_paths]
+    metrics = {**test_metrics(test, probabilities, test_labels, groups, split, classes),
+               **run_facts(cfg, split, index, images.paths, best)}
+    write_predictions(run_dir / "predictions.csv", test_paths, groups, test_labels, probabilities, classes)
+    if log.writer is not None:
+        shown = np.arange(min(8, len(test_paths)))
+        inputs = augment.prepare(images.images[index["test"][shown]], cfg.image_size)
+        plots.log_run_figures(log.writer, metrics, model.float().to(memory_format=torch.contiguous_format),
+                              cfg.arch, inputs, probabilities[shown].argmax(1).tolist(), classes,
+                              true=test_labels[shown].tolist(), step=best["best_epoch"])
+    return metrics
 
 
 @rundir.holds_run_dirs
@@ -117,7 +173,7 @@ def run(cfg: FinetuneConfig, images: data.ImageSet | None = None) -> Path:
     """One fine-tune run; returns its run dir (metrics.json marks it complete)."""
     # ---------------------------------------------------------------- config
     started = time.time()
-    checkpoint.git_sha()  # record the code version as it is now, at the start
+    fileio.git_sha()  # record the code version as it is now, at the start
     rt = runtime.setup(cfg, distributed=False)  # one run = one process; sweeps spread runs over ranks
     run_dir = rundir.claim(cfg, f"runs/finetune-{cfg.init}-{cfg.mode}-f{cfg.label_frac}-s{cfg.seed}")
     if (run_dir / "metrics.json").is_file():  # the test split was already evaluated: never again
@@ -151,60 +207,15 @@ def run(cfg: FinetuneConfig, images: data.ImageSet | None = None) -> Path:
     eval_loss = torch.nn.CrossEntropyLoss()
 
     # ---------------------------------------------------------------- resume
-    ckpt = checkpoint.restore(run_dir / "last.pt", model, optimizer, scheduler, cfg.arch)
-    start_epoch = ckpt["epoch"] if ckpt else 0
-    best = ckpt["extra"] if ckpt else {"best_metric": -1.0, "best_val_loss": float("inf"), "best_epoch": 0,
-                                       "stale_epochs": 0}
-    log = RunLog(run_dir, enabled=rt.is_main, resume_epoch=start_epoch if ckpt else None)
+    ckpt = checkpoint.restore(run_dir / runs.LAST_CHECKPOINT, model, optimizer, scheduler, cfg.arch)
+    log = RunLog(run_dir, enabled=rt.is_main, resume_epoch=ckpt["epoch"] if ckpt else None)
 
     # ---------------------------------------------------------------- loop (model selection on val only)
-    for epoch in range(start_epoch, cfg.epochs):
-        if cfg.early_stop_patience and best["stale_epochs"] >= cfg.early_stop_patience:
-            break
-        torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout: resumable, reproducible
-        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        lr = optimizer.param_groups[0]["lr"]  # at the epoch's start (a per-step schedule moves it)
-        stats = train_one_epoch(model, train_images, train_labels, cfg, rt, optimizer, scheduler, loss_fn, generator,
-                                epoch)
-        val, _ = evaluate_split(model, images.images[index["val"]], all_labels[index["val"]], cfg, rt, eval_loss, classes)
-        if cfg.lr_schedule == "plateau":
-            scheduler.step(val["loss"])
-        improved = val["balanced_accuracy"] > best["best_metric"] or (
-            val["balanced_accuracy"] == best["best_metric"] and val["loss"] < best["best_val_loss"])
-        if improved:
-            best = {"best_metric": val["balanced_accuracy"], "best_val_loss": val["loss"], "best_epoch": epoch + 1,
-                    "stale_epochs": 0}
-            checkpoint.save(checkpoint.make(model, None, None, epoch + 1, epoch + 1, best["best_metric"],
-                                            config_to_dict(cfg), cfg.arch, _model_info(classes, cfg)),
-                            run_dir / "best.pt")
-        else:
-            best["stale_epochs"] += 1
-        log.log({"epoch": epoch + 1, **stats, "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-                 "val_balanced_accuracy": val["balanced_accuracy"], "lr": lr},
-                step=epoch + 1)
-        checkpoint.save(checkpoint.make(model, optimizer, scheduler, epoch + 1, epoch + 1, best["best_metric"],
-                                        config_to_dict(cfg), cfg.arch, best), run_dir / "last.pt")
+    best = fit(model, (train_images, train_labels), (images.images[index["val"]], all_labels[index["val"]]),
+               classes, cfg, rt, optimizer, scheduler, (loss_fn, eval_loss), ckpt, run_dir, log)
 
-    # ---------------------------------------------------------------- test, once, with the selected model
-    if (run_dir / "best.pt").is_file():
-        model.load_state_dict(checkpoint.load(run_dir / "best.pt")["model"])
-    test_labels = all_labels[index["test"]]
-    test, probabilities = evaluate_split(model, images.images[index["test"]], test_labels, cfg, rt, eval_loss, classes)
-    test_paths = [images.paths[i] for i in index["test"]]
-    groups = [str(split["groups"][p]) for p in test_paths]
-    metrics = {**test_metrics(test, probabilities, test_labels, groups, split, classes),
-               **run_facts(cfg, split, index, images.paths, best)}
-
-    # ---------------------------------------------------------------- save
-    write_predictions(run_dir / "predictions.csv", test_paths, groups, test_labels, probabilities, classes)
-    if log.writer is not None:
-        from simclr_ad import report
-
-        shown = np.arange(min(8, len(test_paths)))
-        inputs = augment.prepare(images.images[index["test"][shown]], cfg.image_size)
-        report.log_run_figures(log.writer, metrics, model.float().to(memory_format=torch.contiguous_format),
-                               cfg.arch, inputs, probabilities[shown].argmax(1).tolist(), classes,
-                               true=test_labels[shown].tolist(), step=best["best_epoch"])
+    # ---------------------------------------------------------------- test, once, with the selected model; save
+    metrics = test_once(model, images, split, index, all_labels, classes, cfg, rt, eval_loss, best, run_dir, log)
     log.close()
     metrics["wall_s"] = round(time.time() - started, 2)
     write_json(run_dir / "metrics.json", metrics)  # written last: it marks the run complete
@@ -231,8 +242,8 @@ def run_facts(cfg: FinetuneConfig, split: dict, index: dict, paths: list[str], b
             "seed": cfg.seed, "task": cfg.task, "best_epoch": best["best_epoch"],
             "val_balanced_accuracy": best["best_metric"], "group_by": split["group_by"], "split_seed": split["seed"],
             "image_size": cfg.image_size, "epochs": cfg.epochs, "data": cfg.data_dir or "synthetic",
-            "encoder": cfg.encoder, "pretrain_on": _pretrain_on(cfg), "git_sha": checkpoint.git_sha(),
-            "encoder_sha256": checkpoint.file_sha256(cfg.encoder) if cfg.init == "simclr" and cfg.encoder else None,
+            "encoder": cfg.encoder, "pretrain_on": _pretrain_on(cfg), "git_sha": fileio.git_sha(),
+            "encoder_sha256": fileio.file_sha256(cfg.encoder) if cfg.init == "simclr" and cfg.encoder else None,
             # both arms of a comparison must show the same hash: same label subset
             "train_subset_sha1": hashlib.sha1(train_paths.encode()).hexdigest()}
 
@@ -245,39 +256,7 @@ def _pretrain_on(cfg: FinetuneConfig) -> str | None:
     """The pretraining protocol of a SimCLR encoder, read from its run's config.yaml."""
     if cfg.init != "simclr" or not cfg.encoder:
         return None
-    config_file = Path(cfg.encoder).parent / "config.yaml"
-    if not config_file.is_file():
-        return None
-    import yaml
-
-    return (yaml.safe_load(config_file.read_text()) or {}).get("pretrain_on")
-
-
-def restore_cell(cfg: FinetuneConfig, record_dir: Path) -> bool:
-    """Copy a finished cell's records from ``record_dir`` into ``cfg.out`` if they are this very run.
-
-    They are when the recorded config equals ``cfg`` on every key but the launch keys (a key the
-    record predates counts as equal), the split file has the recorded protocol and seed, and a
-    SimCLR encoder has the recorded SHA-256 (pretraining is deterministic, so a re-run at the same
-    code and machine reproduces it). Checkpoints are not records: a restored cell has none.
-    """
-    import yaml
-
-    metrics_file, config_file = record_dir / "metrics.json", record_dir / "config.yaml"
-    if not (metrics_file.is_file() and config_file.is_file()):
-        return False
-    recorded, metrics = yaml.safe_load(config_file.read_text()) or {}, json.loads(metrics_file.read_text())
-    wanted = yaml.safe_load(yaml.safe_dump(config_to_dict(cfg)))
-    split = json.loads(Path(cfg.splits).read_text()) if cfg.splits else {}
-    same = (all(recorded.get(key, wanted[key]) == wanted[key] for key in wanted if key not in rundir.LAUNCH_KEYS)
-            and (split.get("group_by"), split.get("seed")) == (metrics.get("group_by"), metrics.get("split_seed"))
-            and (cfg.init != "simclr" or metrics.get("encoder_sha256") == checkpoint.file_sha256(cfg.encoder)))
-    if same:
-        rundir.clear(Path(cfg.out))  # a half-run of this cell must not sit next to the restored records
-        for name in RECORD_FILES:
-            if (record_dir / name).is_file():
-                checkpoint.atomic_write_bytes(Path(cfg.out) / name, (record_dir / name).read_bytes())
-    return same
+    return (runs.read_config(Path(cfg.encoder).parent) or {}).get("pretrain_on")
 
 
 @rundir.holds_run_dirs
@@ -308,7 +287,7 @@ def sweep(cfg: FinetuneConfig) -> Path:
         cell = replace(cfg, sweep=False, init=init, mode=mode, label_frac=fraction, seed=seed, out=str(out),
                        splits=str(split_file))
         finished = (out / "metrics.json").is_file() and not cfg.overwrite  # run() checks it is this very cell
-        if cfg.restore_from and not finished and restore_cell(cell, Path(cfg.restore_from) / out.relative_to(root)):
+        if cfg.restore_from and not finished and runs.restore_cell(cell, Path(cfg.restore_from) / out.relative_to(root)):
             print(f"[{i + 1}/{len(cells)}] restored from {cfg.restore_from}: {out}", flush=True)
             continue
         print(f"[{i + 1}/{len(cells)}] {init} {mode} label_frac={fraction:g} seed={seed} -> {out}", flush=True)

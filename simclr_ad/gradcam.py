@@ -23,7 +23,7 @@ from pytorch_grad_cam.metrics.road import ROADCombined
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
 
-from simclr_ad import augment, models
+from simclr_ad import augment, evaluate, models
 
 # ROAD imputes the removed pixels with noisy linear interpolation (one sparse solve per
 # image and percentile); four thresholds keep the cost a quarter of grad-cam's nine.
@@ -38,14 +38,8 @@ def _eval_fp32(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """
     if any(p.dtype != torch.float32 for p in model.parameters()):
         model = copy.deepcopy(model).float()
-    was_training = model.training
-    model.eval()
-    device_type = next(model.parameters()).device.type
-    try:
-        with torch.autocast(device_type, enabled=False):
-            yield model
-    finally:
-        model.train(was_training)
+    with evaluate.eval_mode(model), torch.autocast(next(model.parameters()).device.type, enabled=False):
+        yield model
 
 
 def _as_index_list(targets: Sequence[int] | np.ndarray | torch.Tensor, batch: int) -> list[int]:
@@ -112,7 +106,7 @@ def localisation_score(cam: np.ndarray, mask: np.ndarray | torch.Tensor) -> floa
     return float(cam[mask_arr].sum() / total)
 
 
-def faithfulness(model: torch.nn.Module, arch: str, inputs: torch.Tensor,
+def faithfulness(model: torch.nn.Module, inputs: torch.Tensor,
                  targets: Sequence[int] | np.ndarray | torch.Tensor, cams: np.ndarray,
                  percentiles: Sequence[int] = ROAD_PERCENTILES, seed: int = 0) -> dict[str, float]:
     """Mean faithfulness of ``cams`` [B,H,W] for class ``targets`` [B], by grad-cam's metrics.
@@ -126,9 +120,7 @@ def faithfulness(model: torch.nn.Module, arch: str, inputs: torch.Tensor,
         (0 if it rises). Lower is better.
       increase_in_confidence: fraction of images whose confidence rises under that product.
     ROAD's imputer adds noise; it is drawn under ``seed`` so scores are reproducible.
-    ``arch`` is unused (the metrics only need the model) but kept for symmetry with compute_cams.
     """
-    del arch
     _check_inputs(inputs)
     classes = _as_index_list(targets, inputs.shape[0])
     cams = np.asarray(cams, dtype=np.float32)

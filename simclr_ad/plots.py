@@ -6,12 +6,17 @@ into pyplot's registry. Save with ``fig.savefig(path)``.
 """
 from __future__ import annotations
 
+import io
 import math
-from typing import Mapping, Sequence
+import warnings
+from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from simclr_ad import gradcam
 
 _IMAGE_LEVEL = "image"
 REFERENCE_MODE = "reference"  # rows of reference baselines (simclr_ad.baselines)
@@ -210,3 +215,45 @@ def curves_figure(curves: Mapping[str, Sequence[tuple[int, float]]], xlabel: str
     if any(curves.values()):
         ax.legend(fontsize=8)
     return fig
+
+
+def png_bytes(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def percent_labels(frac: Any) -> str:
+    """0.1 -> '10%' (as the tables and titles show label fractions)."""
+    try:
+        return f"{100 * float(frac):g}%"
+    except (TypeError, ValueError):
+        return str(frac)
+
+
+def log_run_figures(writer, metrics: dict, model: torch.nn.Module, arch: str, inputs: torch.Tensor,
+                    targets: Sequence[int], classes: Sequence[str], true: Sequence[int] | None = None,
+                    step: int | None = None) -> None:
+    """Add the test confusion matrix and a Grad-CAM grid to a TensorBoard SummaryWriter.
+
+    ``inputs`` are normalised test images [B,1,H,W] (at most 16 are drawn); ``targets``
+    are the classes whose CAM is drawn (usually the predictions); ``true`` (optional)
+    labels the rows with the true class and marks errors. A Grad-CAM failure is logged
+    as text and warned about, never raised: it must not fail a finished run.
+    """
+    title = (f"{metrics.get('init')}+{metrics.get('mode')}, {percent_labels(metrics.get('label_frac'))} labels, "
+             f"seed {metrics.get('seed')}: test confusion")
+    writer.add_figure("test/confusion_matrix", confusion_figure(metrics["confusion_matrix"], classes, title),
+                      global_step=step)
+    try:
+        shown = slice(0, min(16, len(inputs)))
+        inputs, targets = inputs[shown], [int(t) for t in list(targets)[shown]]
+        cams = gradcam.compute_cams(model, arch, inputs, targets)
+        arm = f"{metrics.get('init')}+{metrics.get('mode')}"
+        grid = gradcam_grid_figure(gradcam.display_image(inputs), {arm: cams},
+                                         None if true is None else list(true)[shown], {arm: targets}, classes)
+        writer.add_image("test/gradcam", figure_to_rgb(grid), global_step=step, dataformats="HWC")
+    except Exception as err:  # noqa: BLE001
+        writer.add_text("test/gradcam_error", f"{type(err).__name__}: {err}", global_step=step)
+        warnings.warn(f"Grad-CAM figure not logged: {type(err).__name__}: {err}", stacklevel=2)
+    writer.flush()

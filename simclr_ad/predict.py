@@ -26,12 +26,10 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from simclr_ad import augment, checkpoint, data, gradcam, volume_data, volumes
+from simclr_ad import augment, checkpoint, data, evaluate, gradcam, volume_data, volumes
 from simclr_ad.checkpoint import CheckpointError
 from simclr_ad.errors import UserError, friendly_errors
 from simclr_ad.models import Classifier, build_classifier
-
-DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def load_classifier(path: str | Path) -> tuple[Classifier, dict[str, Any]]:
@@ -67,18 +65,9 @@ def load_classifier(path: str | Path) -> tuple[Classifier, dict[str, Any]]:
     return model, info
 
 
-@torch.no_grad()
 def class_probabilities(model: torch.nn.Module, inputs: torch.Tensor, batch_size: int = 64) -> np.ndarray:
     """Softmax probabilities [B, C] of normalised inputs [B,1,H,W], in eval mode and fp32."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    try:
-        chunks = [model(inputs[i:i + batch_size].to(device, torch.float32)).float().softmax(dim=1).cpu()
-                  for i in range(0, len(inputs), batch_size)]
-    finally:
-        model.train(was_training)
-    return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)
+    return evaluate.predict_proba(model, inputs, None, None, batch_size)[0]
 
 
 def _decode_all(paths: Sequence[str], size: int) -> tuple[dict[int, np.ndarray], dict[int, str]]:
@@ -90,7 +79,7 @@ def _decode_all(paths: Sequence[str], size: int) -> tuple[dict[int, np.ndarray],
             continue
         try:
             decoded[i] = data.decode_image(Path(path).read_bytes(), size)[0]
-        except DECODE_ERRORS as err:
+        except data.DECODE_ERRORS as err:
             failed[i] = _reason(err)
     return decoded, failed
 

@@ -9,7 +9,6 @@ cosine schedule with warmup, 100 epochs. Re-running the same command resumes.
 from __future__ import annotations
 
 import functools
-
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch
 import torchvision
 from tqdm import tqdm
 
-from simclr_ad import augment, checkpoint, data, evaluate, losses, optim, rundir, runtime, splits
+from simclr_ad import augment, checkpoint, data, evaluate, fileio, grouping, losses, optim, rundir, runs, runtime, splits
 from simclr_ad.config import PretrainConfig, config_to_dict, parse_config
 from simclr_ad.errors import UserError, friendly_errors
 from simclr_ad.models import SimCLRModel, build_backbone, init_backbone
@@ -155,84 +154,61 @@ def log_embeddings(model, images: data.ImageSet, cfg: PretrainConfig, rt: runtim
                              label_img=thumbs, global_step=cfg.epochs, tag="encoder")
 
 
-@friendly_errors
-@rundir.holds_run_dirs
-def main(argv: list[str] | None = None) -> Path:
-    # ---------------------------------------------------------------- config
-    cfg = parse_config(PretrainConfig, "pretrain", argv, __doc__)
-    rt = runtime.setup(cfg)
-    checkpoint.git_sha()  # record the code version as it is now, at the start
-    run_dir = rundir.claim(cfg, f"runs/pretrain-{cfg.arch}-{cfg.image_size}", enabled=rt.is_main)
-    torch.manual_seed(cfg.seed)
-
-    # ---------------------------------------------------------------- data
-    if cfg.data_dir is None and rt.is_main:  # under torchrun, one rank writes the phantom set
-        data.phantom_dir_of(cfg)
-    runtime.barrier()
-    images = data.load_dataset(cfg)
-    split = splits.splits_for(cfg, images)
+def build_pool(cfg: PretrainConfig, images: data.ImageSet, split: dict, rt: runtime.Runtime):
+    """The pretraining pool (uint8 [N,1,H,W]), its group ids (None unless positives/negatives use
+    subjects), and the kNN monitor's bank (train) and queries (val)."""
     train_idx = images.indices_of(split["train"])
     pretrain_idx = train_idx if cfg.pretrain_on == "train" else np.arange(len(images))
     pool = images.images[torch.from_numpy(pretrain_idx)]
     if rt.device.type == "cuda":
         pool = pool.to(rt.device)  # the uint8 cache is small: keep it next to the model
-    groups = (torch.from_numpy(splits.label_free_groups(images.subset(pretrain_idx)))
+    groups = (torch.from_numpy(grouping.label_free_groups(images.subset(pretrain_idx)))
               if cfg.positives == "subject" or cfg.negatives == "other_subjects" else None)
-    monitor_bank, monitor_query = images.subset(train_idx), images.subset(images.indices_of(split["val"]))
-    batches_per_epoch = len(pool) // (cfg.batch_size * rt.world_size)
-    if batches_per_epoch == 0:
+    if len(pool) // (cfg.batch_size * rt.world_size) == 0:
         raise UserError(f"batch size {cfg.batch_size} x {rt.world_size} rank(s) exceeds the "
                         f"{len(pool)} pretraining images; lower --batch-size")
+    return pool, groups, images.subset(train_idx), images.subset(images.indices_of(split["val"]))
 
-    # ---------------------------------------------------------------- model
-    backbone, feature_dim = build_backbone(cfg.arch)
-    init_backbone(backbone, cfg.arch, cfg.init)
-    model = rt.prepare_model(SimCLRModel(backbone, feature_dim, cfg.proj_hidden_dim, cfg.proj_out_dim))
+
+def build_loss(cfg: PretrainConfig, rt: runtime.Runtime):
+    """NT-Xent over the whole batch (gathered across ranks), or with the anchor's subject masked out."""
+    if cfg.negatives == "all":
+        return losses.nt_xent(cfg.temperature, distributed=rt.distributed)
     if rt.distributed:
-        if cfg.sync_bn and rt.device.type == "cuda":  # torch's SyncBatchNorm is GPU-only
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
-    core = getattr(model, "module", model)  # unwrapped from DDP: what we save and evaluate
-    optimizer = build_optimizer(cfg, model)
+        raise UserError("--negatives other_subjects is single-process for now (negatives are not gathered "
+                        "across ranks); run without torchrun or with --negatives all")
+    return functools.partial(losses.nt_xent_masked, temperature=cfg.temperature)
+
+
+def build_scheduler(cfg: PretrainConfig, optimizer, batches_per_epoch: int):
+    """Cosine with linear warmup, stepped once per optimisation step."""
     total_steps = batches_per_epoch * cfg.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
+    return torch.optim.lr_scheduler.LambdaLR(
         optim.base_optimizer(optimizer),
         lambda step: optim.cosine_with_warmup(step, total_steps, batches_per_epoch * cfg.warmup_epochs,
                                               cfg.min_lr_ratio))
-    if cfg.negatives == "all":
-        loss_fn = losses.nt_xent(cfg.temperature, distributed=rt.distributed)
-    elif rt.distributed:
-        raise UserError("--negatives other_subjects is single-process for now (negatives are not gathered "
-                        "across ranks); run without torchrun or with --negatives all")
-    else:
-        loss_fn = functools.partial(losses.nt_xent_masked, temperature=cfg.temperature)
 
-    # ---------------------------------------------------------------- resume
-    last = run_dir / "checkpoints" / "last.pt"
-    ckpt = checkpoint.restore(last, core, optimizer, scheduler, cfg.arch)
+
+def fit(model, core: SimCLRModel, pool: torch.Tensor, groups, monitor: tuple, n_classes: int, cfg: PretrainConfig,
+        rt: runtime.Runtime, optimizer, scheduler, loss_fn, ckpt: dict | None, last: Path, log: RunLog) -> None:
+    """Epochs from the checkpoint's on: kNN at initialisation, then train, log, save, per epoch."""
     start_epoch = ckpt["epoch"] if ckpt else 0
     start_batch = ckpt["extra"].get("batch_in_epoch", 0) if ckpt else 0
-    log = RunLog(run_dir, enabled=rt.is_main, resume_epoch=start_epoch if ckpt else None)
-    if start_epoch >= cfg.epochs:
-        if rt.is_main:
-            export_encoder(core, run_dir)
-            print(f"pretraining already finished ({start_epoch} epochs) in {run_dir}")
-        runtime.cleanup()
-        return run_dir
+    monitor_bank, monitor_query = monitor
 
-    # ---------------------------------------------------------------- loop
     def save(epoch: int, batch_in_epoch: int, generator: torch.Generator) -> None:
         if rt.is_main:
             checkpoint.save(checkpoint.make(
                 core, optimizer, scheduler, epoch, scheduler.last_epoch, None,
                 config_to_dict(cfg), cfg.arch,
                 extra={"batch_in_epoch": batch_in_epoch, "aug_generator": generator.get_state()}), last)
+            runs.remove_legacy_checkpoints(last.parent)
 
     def knn() -> dict:
         if not (cfg.knn_every and rt.is_main and len(monitor_query) and len(monitor_bank)):
             return {}
         return evaluate.knn_monitor(core.backbone, monitor_bank.images, monitor_bank.labels,
-                                    monitor_query.images, monitor_query.labels, len(images.classes),
+                                    monitor_query.images, monitor_query.labels, n_classes,
                                     cfg.image_size, rt, cfg.knn_k, cfg.knn_t)
 
     if start_epoch == 0 and start_batch == 0 and (at_init := knn()):
@@ -260,6 +236,49 @@ def main(argv: list[str] | None = None) -> Path:
         save(epoch + 1, 0, generator)
         runtime.barrier()
 
+
+@rundir.holds_run_dirs
+def run(cfg: PretrainConfig) -> Path:
+    """One SimCLR pretraining run; returns its run dir (encoder.pt is the backbone's state_dict)."""
+    # ---------------------------------------------------------------- config
+    rt = runtime.setup(cfg)
+    fileio.git_sha()  # record the code version as it is now, at the start
+    run_dir = rundir.claim(cfg, f"runs/pretrain-{cfg.arch}-{cfg.image_size}", enabled=rt.is_main)
+    torch.manual_seed(cfg.seed)
+
+    # ---------------------------------------------------------------- data
+    if cfg.data_dir is None and rt.is_main:  # under torchrun, one rank writes the phantom set
+        data.phantom_dir_of(cfg)
+    runtime.barrier()
+    images = data.load_dataset(cfg)
+    pool, groups, monitor_bank, monitor_query = build_pool(cfg, images, splits.splits_for(cfg, images), rt)
+
+    # ---------------------------------------------------------------- model
+    backbone, feature_dim = build_backbone(cfg.arch)
+    init_backbone(backbone, cfg.arch, cfg.init)
+    model = runtime.wrap_ddp(rt.prepare_model(SimCLRModel(backbone, feature_dim, cfg.proj_hidden_dim,
+                                                          cfg.proj_out_dim)), rt, cfg.sync_bn)
+    core = getattr(model, "module", model)  # unwrapped from DDP: what we save and evaluate
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer, len(pool) // (cfg.batch_size * rt.world_size))
+    loss_fn = build_loss(cfg, rt)
+
+    # ---------------------------------------------------------------- resume
+    last = run_dir / runs.LAST_CHECKPOINT  # older run dirs keep it in checkpoints/: resumed from there
+    ckpt = checkpoint.restore(runs.last_checkpoint(run_dir) or last, core, optimizer, scheduler, cfg.arch)
+    start_epoch = ckpt["epoch"] if ckpt else 0
+    log = RunLog(run_dir, enabled=rt.is_main, resume_epoch=start_epoch if ckpt else None)
+    if start_epoch >= cfg.epochs:
+        if rt.is_main:
+            export_encoder(core, run_dir)
+            print(f"pretraining already finished ({start_epoch} epochs) in {run_dir}")
+        runtime.cleanup()
+        return run_dir
+
+    # ---------------------------------------------------------------- loop
+    fit(model, core, pool, groups, (monitor_bank, monitor_query), len(images.classes), cfg, rt, optimizer,
+        scheduler, loss_fn, ckpt, last, log)
+
     # ---------------------------------------------------------------- save
     if rt.is_main:
         export_encoder(core, run_dir)
@@ -268,6 +287,12 @@ def main(argv: list[str] | None = None) -> Path:
     log.close()
     runtime.cleanup()
     return run_dir
+
+
+@friendly_errors
+def main(argv: list[str] | None = None) -> Path:
+    """``python -m simclr_ad.pretrain``: the config from YAML and flags, then ``run``."""
+    return run(parse_config(PretrainConfig, "pretrain", argv, __doc__))
 
 
 if __name__ == "__main__":

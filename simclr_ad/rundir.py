@@ -21,26 +21,20 @@ import functools
 import hashlib
 import json
 import os
-import shutil
 import socket
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import yaml
 
-from simclr_ad import checkpoint, splits
+from simclr_ad import fileio, splits
 from simclr_ad.config import config_to_dict, write_config
 from simclr_ad.errors import UserError
+from simclr_ad.runs import IDENTITY_FILE, LAUNCH_KEYS, RUN_RECORDS, STATE_FILES, clear, read_config
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# keys that say how a run was launched or which grid it belonged to, not what it computed
-LAUNCH_KEYS = frozenset({"out", "progress", "num_threads", "cache_dir", "splits", "encoder", "restore_from",
-                         "sweep", "fractions", "inits", "modes", "seeds", "overwrite", "checkpoint_every_steps"})
-IDENTITY_FILE = "identity.json"  # what config.yaml cannot say: the split file's and the encoder's content
 LOCK_FILE = ".lock"
-STATE_FILES = ("last.pt", "best.pt", "checkpoints/last.pt", "encoder.pt", "metrics.json")  # a run made these
-RUN_RECORDS = ("config.yaml", IDENTITY_FILE, "metrics.jsonl", "metrics.json", "predictions.csv")
 IDENTITY_KEYS = ("splits_sha256", "encoder_sha256", "init_sha256")
 SPLIT_KEYS = ("train", "val", "test", "groups", "train_rank", "fractions", "classes", "group_by", "seed")
 
@@ -73,13 +67,13 @@ def _split_file_digest(path: Path) -> str:
     try:
         return split_digest(json.loads(path.read_text(encoding="utf-8")))
     except (ValueError, AttributeError):  # not a split file: stages say so when they read it
-        return checkpoint.file_sha256(path)
+        return fileio.file_sha256(path)
 
 
 def identity(cfg: Any) -> dict[str, str | None]:
     """The content hashes a run's weights depend on beyond its config: split file, encoder, init file."""
     def sha(path: str | None) -> str | None:
-        return checkpoint.file_sha256(path) if path and Path(path).is_file() else None
+        return fileio.file_sha256(path) if path and Path(path).is_file() else None
 
     init = str(getattr(cfg, "init", ""))
     splits = getattr(cfg, "splits", None)
@@ -89,14 +83,6 @@ def identity(cfg: Any) -> dict[str, str | None]:
 
 
 # --------------------------------------------------------------------------- the resume rule
-
-def _read_yaml(path: Path) -> dict[str, Any] | None:
-    try:
-        value = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return None
-    return value if isinstance(value, dict) else None
-
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
@@ -111,19 +97,12 @@ def _show(value: Any) -> str:
     return text[:12] if isinstance(value, str) and len(value) == 64 else text  # a SHA-256: its start
 
 
-def clear(run_dir: Path) -> None:
-    """Remove a run's checkpoints and records (only the files a stage writes, never anything else)."""
-    for name in (*STATE_FILES, *RUN_RECORDS):
-        (run_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(run_dir / "tb", ignore_errors=True)
-
-
 def decide(run_dir: Path, cfg: Any) -> str:
     """'fresh', 'resume' or 'extend' for ``cfg`` in ``run_dir``; other settings are a RunDirError."""
     made = [name for name in STATE_FILES if (run_dir / name).is_file()]
     if getattr(cfg, "overwrite", False) or not made:
         return "fresh"
-    recorded = _read_yaml(run_dir / "config.yaml")
+    recorded = read_config(run_dir)
     if recorded is None:
         raise RunDirError(f"{run_dir} holds {made[0]} but no readable config.yaml saying how it was made; "
                           "pass --overwrite to start afresh, or use another --out")
@@ -161,10 +140,10 @@ def claim(cfg: Any, default_out: str, enabled: bool = True) -> Path:
         if getattr(cfg, "overwrite", False) and any((run_dir / n).exists() for n in (*STATE_FILES, *RUN_RECORDS)):
             print(f"--overwrite: starting {run_dir} afresh", flush=True)
         clear(run_dir)  # a run that never saved weights leaves no records to append to
-        checkpoint.atomic_write_text(run_dir / IDENTITY_FILE, json.dumps(identity(cfg), indent=2) + "\n")
+        fileio.atomic_write_text(run_dir / IDENTITY_FILE, json.dumps(identity(cfg), indent=2) + "\n")
         write_config(cfg, run_dir / "config.yaml")
     elif verdict == "extend":
-        old = (_read_yaml(run_dir / "config.yaml") or {}).get("epochs")
+        old = (read_config(run_dir) or {}).get("epochs")
         print(f"extending {run_dir} from {old} to {cfg.epochs} epochs: resuming from its last checkpoint",
               flush=True)
         write_config(cfg, run_dir / "config.yaml")
@@ -173,7 +152,7 @@ def claim(cfg: Any, default_out: str, enabled: bool = True) -> Path:
 
 def locked(path: str | Path, enabled: bool = True) -> Path:
     """Create the dir ``path`` and lock it for this process (``enabled`` False: only create it)."""
-    run_dir = checkpoint.prepare_run_dir(path)
+    run_dir = fileio.prepare_run_dir(path)
     if enabled:
         _hold(acquire(run_dir), run_dir)
     return run_dir

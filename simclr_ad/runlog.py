@@ -8,8 +8,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from simclr_ad.checkpoint import atomic_write_text
 from simclr_ad.errors import UserError
+from simclr_ad.fileio import atomic_write_text
 
 
 class RunLog:
@@ -58,10 +58,6 @@ class RunLog:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-
-
-# a run's small record files, never checkpoints; metrics.json last, as it marks a run complete
-RECORD_FILES = ("config.yaml", "metrics.jsonl", "metrics.json")
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:

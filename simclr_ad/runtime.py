@@ -178,6 +178,16 @@ def setup(cfg, distributed: bool = True) -> Runtime:
                    small_map_gemm=cfg.small_map_gemm, rank=rank, world_size=world_size, local_rank=local_rank)
 
 
+def wrap_ddp(model: torch.nn.Module, rt: Runtime, sync_bn: bool = True) -> torch.nn.Module:
+    """The model in DistributedDataParallel under torchrun (SyncBatchNorm on GPUs if asked), else as it is."""
+    if not rt.distributed:
+        return model
+    if sync_bn and rt.device.type == "cuda":  # torch's SyncBatchNorm is GPU-only
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[rt.local_rank] if rt.device.type == "cuda"
+                                                     else None)
+
+
 def cleanup() -> None:
     if dist.is_initialized():
         dist.barrier()

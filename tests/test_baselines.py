@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from simclr_ad import baselines, evaluate, report
+from simclr_ad import baselines, grouping, report
 from tests.conftest import TINY
 
 # Two tight clusters on the unit circle: class 0 near (1, 0), class 1 near (0, 1).
@@ -35,23 +35,6 @@ def test_logreg_separates_separable_clusters_and_keeps_absent_classes_at_zero():
     probabilities = predict(QUERY_X[:2])
     np.testing.assert_array_equal(probabilities.argmax(1), [0, 1])
     assert (probabilities[:, 2] == 0).all()
-
-
-def test_chance_levels_by_hand():
-    # test split: 6 of class 0, 3 of class 1, 0 of class 2 (absent), 1 of class 3
-    confusion = [[6, 0, 0, 0], [1, 2, 0, 0], [0, 0, 0, 0], [0, 1, 0, 0]]
-    chance = evaluate.chance_levels(confusion)
-    assert chance["balanced_accuracy"] == pytest.approx(1 / 3)  # 3 classes present, not 4
-    assert chance["accuracy"] == pytest.approx(0.6)
-    assert chance["macro_f1"] == pytest.approx((2 * 0.6 / 1.6) / 3)  # F1 of "always class 0" = 0.75
-
-
-def test_chance_levels_agree_with_a_constant_predictor():
-    y_true = np.array([0, 0, 0, 0, 1, 1, 3])
-    scored = evaluate.classification_metrics(y_true, np.zeros_like(y_true), ["a", "b", "c", "d"])
-    chance = evaluate.chance_levels(scored["confusion_matrix"])
-    for key in ("accuracy", "balanced_accuracy", "macro_f1"):
-        assert chance[key] == pytest.approx(scored[key])
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +74,7 @@ def test_one_nn_on_the_training_images_is_perfect(tmp_path):
     images = data.load_dataset(cfg)
     split = splits.splits_for(cfg, images)
     split = {**split, "test": split["train"]}  # a leak on purpose
-    feats = baselines.splits.thumbnail_features(images)
+    feats = grouping.thumbnail_features(images)
     metrics = baselines.score_one(cfg, "pixel-1nn", baselines.knn(1), feats, images, split, tmp_path / "run")
     assert metrics["accuracy"] == 1.0
 

@@ -11,6 +11,7 @@ KEYS = {"reference_img_per_s", "ours_img_per_s", "speedup", "aug_views_per_s", "
         "achieved_gflops", "mfu", "arch", "image_size", "batch_size", "optimizer"}
 
 
+@pytest.mark.slow
 def test_bench_runs_two_steps_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     result = bench.main(["--arch", "resnet18", "--image-size", "32", "--batch-size", "8", "--steps", "2",

@@ -68,3 +68,24 @@ def test_positives_must_be_views_or_subject():
     assert PretrainConfig(positives="subject").positives == "subject"
     with pytest.raises(ConfigError, match="'positives' must be views or subject"):
         PretrainConfig(positives="pairs")
+
+
+@pytest.mark.parametrize("cls", [PretrainConfig, FinetuneConfig])
+def test_every_flag_says_what_it_does(cls):
+    import re
+
+    from simclr_ad.config import build_parser
+
+    for action in build_parser(cls, "").__dict__["_actions"]:
+        if action.option_strings and action.dest not in ("help",):
+            assert action.help and not re.fullmatch(r"\(default: .*\)", action.help), action.option_strings
+    assert "--slices" in build_parser(cls, "").format_help()  # renders (a bare % in a help would raise)
+
+
+def test_help_comes_from_the_field_comments():
+    from simclr_ad.config import field_help
+
+    helps = field_help(FinetuneConfig)
+    assert helps["lr"] == "AdamW learning rate" and field_help(PretrainConfig)["lr"].startswith("base learning rate")
+    assert helps["aug_gamma"] == field_help(PretrainConfig)["aug_gamma"]  # an override without comment inherits it
+    assert helps["lr_schedule"].startswith("plateau: ReduceLROnPlateau")  # the comment block above the field

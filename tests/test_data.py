@@ -1,13 +1,12 @@
 import json
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from simclr_ad import data
+from simclr_ad import data, data_cli
 from simclr_ad.data import DataError, class_key, decode, scan
 from tests.conftest import ROOT, write_png
 
@@ -269,7 +268,7 @@ def test_non_utf8_broken_symlink_fifo_and_outside_symlink_are_named(class_folder
     assert "outside the data root" in reasons["outside.png"]
     assert len(found) == 18
     json.dumps(found.skipped, ensure_ascii=False).encode("utf-8")  # printable and writable
-    data.main(["split", "--data-dir", str(class_folders), "--out", str(tmp_path / "s.json"), "--image-size", "32",
+    data_cli.main(["split", "--data-dir", str(class_folders), "--out", str(tmp_path / "s.json"), "--image-size", "32",
                "--cache-dir", str(tmp_path / "cache"), "--group-by", "image"])  # crashed writing the name
     assert len(json.loads((tmp_path / "s.json").read_text())["groups"]) == 18
 

@@ -3,11 +3,15 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from simclr_ad import checkpoint
 from simclr_ad.models import build_backbone
 from tests.conftest import ROOT, TINY
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+pytestmark = pytest.mark.slow  # torchrun subprocesses
 
 
 def _env(tmp_path):
@@ -28,12 +32,12 @@ def test_pretrain_under_torchrun_writes_one_checkpoint_and_resumes(tmp_path):
                "--batch-size", "16", "--knn-every", "0"]
     out = subprocess.run(command + ["--epochs", "1"], capture_output=True, text=True, cwd=ROOT, env=_env(tmp_path), timeout=180)
     assert out.returncode == 0, "\n".join(l for l in out.stderr.splitlines() if "error" in l.lower())[-3000:]
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.pt"]
-    ckpt = checkpoint.load(run_dir / "checkpoints" / "last.pt")
+    assert sorted(p.name for p in run_dir.glob("*.pt")) == ["encoder.pt", "last.pt"]  # one checkpoint, not one per rank
+    ckpt = checkpoint.load(run_dir / "last.pt")
     assert ckpt["epoch"] == 1 and not any(k.startswith("module.") for k in ckpt["model"])
     backbone, _ = build_backbone("resnet18")
     backbone.load_state_dict(checkpoint.load(run_dir / "encoder.pt"), strict=True)
     resumed = subprocess.run(command + ["--epochs", "2"],
                              capture_output=True, text=True, cwd=ROOT, env=_env(tmp_path), timeout=180)
     assert resumed.returncode == 0, "\n".join(l for l in resumed.stderr.splitlines() if "error" in l.lower())[-3000:]
-    assert checkpoint.load(run_dir / "checkpoints" / "last.pt")["epoch"] == 2
+    assert checkpoint.load(run_dir / "last.pt")["epoch"] == 2

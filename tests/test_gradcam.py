@@ -7,7 +7,6 @@ import torch
 from simclr_ad import augment, gradcam
 from simclr_ad.models import build_classifier
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -79,12 +78,12 @@ def test_localisation_score_undefined_cases_are_nan():
 def test_faithfulness_returns_finite_reproducible_scores(model, inputs):
     targets = [0, 1]
     cams = gradcam.compute_cams(model, "resnet18", inputs, targets)
-    scores = gradcam.faithfulness(model, "resnet18", inputs, targets, cams, percentiles=(25, 75))
+    scores = gradcam.faithfulness(model, inputs, targets, cams, percentiles=(25, 75))
     assert set(scores) == {"road_combined", "drop_in_confidence", "increase_in_confidence"}
     assert all(isinstance(v, float) and math.isfinite(v) for v in scores.values())
     assert scores["drop_in_confidence"] >= 0 and 0 <= scores["increase_in_confidence"] <= 1
     assert abs(scores["road_combined"]) <= 1  # a difference of softmax probabilities
-    assert gradcam.faithfulness(model, "resnet18", inputs, targets, cams, percentiles=(25, 75)) == scores
+    assert gradcam.faithfulness(model, inputs, targets, cams, percentiles=(25, 75)) == scores
 
 
 def test_display_image_undoes_normalisation_and_overlay_is_rgb(inputs):

@@ -3,7 +3,7 @@ import torch
 import torchvision
 
 from simclr_ad import checkpoint, models
-from simclr_ad.models import ModelError, build_backbone, init_backbone, infer_arch
+from simclr_ad.models import ModelError, build_backbone, infer_arch, init_backbone
 
 
 @pytest.mark.parametrize("arch,dim", [("resnet18", 512), ("resnet50", 2048), ("densenet121", 1024),

@@ -4,9 +4,9 @@ Small images (32-64 px) keep the whole file fast; one check runs at the default 
 """
 from __future__ import annotations
 
-import os
 import csv
 import itertools
+import os
 
 import numpy as np
 import pytest

@@ -11,7 +11,6 @@ from simclr_ad.config import FinetuneConfig, config_to_dict
 from simclr_ad.models import build_classifier
 from tests.conftest import write_png
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

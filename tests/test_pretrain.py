@@ -22,7 +22,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_writes_every_output(tiny_run):
-    for name in ("config.yaml", "checkpoints/last.pt", "encoder.pt", "metrics.jsonl"):
+    for name in ("config.yaml", "last.pt", "encoder.pt", "metrics.jsonl"):
         assert (tiny_run / name).is_file(), name
     assert list((tiny_run / "tb").glob("events.out.tfevents.*"))
     at_init, *lines = _lines(tiny_run)
@@ -30,7 +30,7 @@ def test_writes_every_output(tiny_run):
     assert [line["epoch"] for line in lines] == [1, 2]
     for key in ("loss", "lr", "img_per_s", "knn_accuracy"):
         assert all(key in line for line in lines), key
-    ckpt = checkpoint.load(tiny_run / "checkpoints" / "last.pt")
+    ckpt = checkpoint.load(tiny_run / "last.pt")
     assert {"model", "optimizer", "scheduler", "epoch", "step", "rng", "best_metric", "config", "git_sha"} <= set(ckpt)
     assert ckpt["epoch"] == 2 and ckpt["config"]["arch"] == "resnet18"
 
@@ -41,16 +41,17 @@ def test_encoder_loads_strictly(tiny_run):
 
 
 def test_finished_run_says_so(tiny_run, capsys):
-    before = (tiny_run / "checkpoints" / "last.pt").stat().st_mtime_ns
+    before = (tiny_run / "last.pt").stat().st_mtime_ns
     pretrain.main(["--config", TINY, "--out", str(tiny_run), "--deterministic"])
     assert "already finished" in capsys.readouterr().out
-    assert (tiny_run / "checkpoints" / "last.pt").stat().st_mtime_ns == before
+    assert (tiny_run / "last.pt").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_at_the_right_epoch_and_matches(tiny_run, tmp_path):
     out = tmp_path / "run"
     pretrain.main(["--config", TINY, "--out", str(out), "--deterministic", "--epochs", "1"])
-    assert checkpoint.load(out / "checkpoints" / "last.pt")["epoch"] == 1
+    assert checkpoint.load(out / "last.pt")["epoch"] == 1
     pretrain.main(["--config", TINY, "--out", str(out), "--deterministic", "--epochs", "2"])  # extends
     assert [line["epoch"] for line in _lines(out)] == [0, 1, 2]  # the kNN at initialisation only once
     resumed, clean = checkpoint.load(out / "encoder.pt"), checkpoint.load(tiny_run / "encoder.pt")
@@ -59,20 +60,22 @@ def test_interrupted_run_resumes_at_the_right_epoch_and_matches(tiny_run, tmp_pa
     assert resumed.keys() == clean.keys()
 
 
+@pytest.mark.slow
 def test_pretrain_on_train_uses_fewer_images(tmp_path):
     out = tmp_path / "run"
     pretrain.main(["--config", TINY, "--out", str(out), "--epochs", "1", "--pretrain-on", "train", "--knn-every", "0"])
     assert _lines(out)[0]["n_images"] < 192 * 0.8
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     out = tmp_path / "run"
     pretrain.main(["--config", TINY, "--out", str(out), "--epochs", "1", "--knn-every", "0"])
-    good = checkpoint.load(out / "checkpoints" / "last.pt")
+    good = checkpoint.load(out / "last.pt")
     monkeypatch.setattr(pretrain.losses, "nt_xent", lambda *a, **k: (lambda z0, z1: (z0 * float("nan")).sum()))
     with pytest.raises(pretrain.NonFiniteLoss, match=r"loss became nan at epoch 2, step 7"):
         pretrain.main(["--config", TINY, "--out", str(out), "--epochs", "2", "--knn-every", "0"])
-    kept = checkpoint.load(out / "checkpoints" / "last.pt")
+    kept = checkpoint.load(out / "last.pt")
     assert kept["epoch"] == 1
     assert all(torch.equal(kept["model"][k], good["model"][k]) for k in good["model"])
 
@@ -95,6 +98,7 @@ def test_subject_partners_by_hand():
     assert torch.equal(partners, again)
 
 
+@pytest.mark.slow
 def test_subject_positives_pretrain_runs(tmp_path):
     out = pretrain.main(["--config", TINY, "--out", str(tmp_path / "run"), "--epochs", "1", "--knn-every", "0",
                          "--positives", "subject"])
@@ -102,6 +106,7 @@ def test_subject_positives_pretrain_runs(tmp_path):
     assert line["n_groups"] >= 4 and line["loss"] > 0  # phantoms carry subject ids: one group per subject
 
 
+@pytest.mark.slow
 def test_masked_negatives_get_each_batchs_subject_ids(tmp_path, monkeypatch):
     from simclr_ad import losses
 
@@ -234,10 +239,11 @@ def test_sam_every_is_checked():
         PretrainConfig(sam_every=0)
 
 
+@pytest.mark.slow
 def test_looksam_pretrain_runs_and_its_checkpoint_keeps_the_cycle(tmp_path):
     out = tmp_path / "run"
     pretrain.main(["--config", TINY, "--out", str(out), "--epochs", "1", "--knn-every", "0", "--sam-every", "2"])
-    ckpt = checkpoint.load(out / "checkpoints" / "last.pt")
+    ckpt = checkpoint.load(out / "last.pt")
     assert ckpt["config"]["sam_every"] == 2
     assert ckpt["optimizer"]["sam_steps"] == ckpt["step"] > 0  # resume continues the cycle where it stopped
     assert any("sam_gv" in state for state in ckpt["optimizer"]["state"].values())

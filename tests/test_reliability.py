@@ -1,6 +1,5 @@
 """Crash-safe resume and bad inputs. Each bad-input case is one line in CASES."""
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -46,34 +45,21 @@ def _clean_and_killed(stage_args: list[str], watch: str, tmp_path, kills: int = 
     return clean, killed
 
 
+@pytest.mark.slow
 def test_pretrain_killed_and_resumed_equals_clean_run(tmp_path):
     clean, killed = _clean_and_killed(["simclr_ad.pretrain", "--epochs", "3", "--checkpoint-every-steps", "2",
-                                       "--knn-every", "0"], "checkpoints/last.pt", tmp_path)
+                                       "--knn-every", "0"], "last.pt", tmp_path)
     a, b = checkpoint.load(clean / "encoder.pt"), checkpoint.load(killed / "encoder.pt")
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed encoder differs from the uninterrupted run"
 
 
+@pytest.mark.slow
 def test_finetune_killed_and_resumed_equals_clean_run(tmp_path):
     clean, killed = _clean_and_killed(["simclr_ad.finetune", "--epochs", "5", "--init", "random",
                                        "--label-frac", "0.5"], "last.pt", tmp_path)
     a, b = checkpoint.load(clean / "best.pt")["model"], checkpoint.load(killed / "best.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (clean / "metrics.json").read_text().split('"wall_s"')[0] == (killed / "metrics.json").read_text().split('"wall_s"')[0]
-
-
-def test_kill_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
-    path = tmp_path / "last.pt"
-    checkpoint.save({"epoch": torch.tensor(1)}, path)
-
-    def disk_full(fd):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(os, "fsync", disk_full)
-    with pytest.raises(checkpoint.CheckpointError, match="No space left on device.*intact"):
-        checkpoint.save({"epoch": torch.tensor(2)}, path)
-    monkeypatch.undo()
-    assert checkpoint.load(path)["epoch"].item() == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
 
 
 # ----------------------------------------------------------------------------- bad inputs

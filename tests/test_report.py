@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from simclr_ad import checkpoint, plots, report
+from simclr_ad import camstudy, checkpoint, plots, report
 from simclr_ad.config import FinetuneConfig, config_to_dict, write_config
 from simclr_ad.data import scan
 from simclr_ad.models import build_classifier
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -165,7 +164,7 @@ def test_gradcam_study_on_real_checkpoints(class_folders, tmp_path):
         lines = ["path,group,true,pred," + ",".join(f"p_{c}" for c in found.classes)]
         lines += [f"{p},{p},{found.classes[y]},{found.classes[0]},1,0,0" for p, y in zip(found.paths, found.labels)]
         (run_dir / "predictions.csv").write_text("\n".join(lines) + "\n")
-    study = report.gradcam_study(report.find_runs([root]), per_class=1)
+    study = camstudy.gradcam_study(report.find_runs([root]), per_class=1)
     assert study.notes == []
     assert [r["arm"] for r in study.rows] == ["simclr+finetune", "random+finetune"]
     assert all(r["n_images"] == 3 and math.isfinite(r["road_combined"]) for r in study.rows)
@@ -176,15 +175,15 @@ def test_resized_masks_takes_the_datasets_layout():
     """Regression: the dataset stores masks as [N,1,S,S]; the Grad-CAM grids of results/demo failed on it."""
     masks = torch.zeros(2, 1, 16, 16, dtype=torch.bool)
     masks[0, 0, :8, :8] = True
-    resized = report._resized_masks(masks, 8)
+    resized = camstudy._resized_masks(masks, 8)
     assert resized.shape == (2, 8, 8) and resized[0, :4, :4].all() and resized.sum() == 16
-    assert (report._resized_masks(masks[:, 0], 8) == resized).all()
+    assert (camstudy._resized_masks(masks[:, 0], 8) == resized).all()
 
 
 def test_select_images_is_deterministic_per_class():
     rows = [{"path": f"p{i}", "true": CLASSES[i % 3]} for i in range(9)]
-    assert report.select_images(rows, CLASSES, 2) == ["p0", "p3", "p1", "p4", "p2", "p5"]
-    assert report.select_images(rows, CLASSES, 1, allowed={"p3", "p4", "p8"}) == ["p3", "p4", "p8"]
+    assert camstudy.select_images(rows, CLASSES, 2) == ["p0", "p3", "p1", "p4", "p2", "p5"]
+    assert camstudy.select_images(rows, CLASSES, 1, allowed={"p3", "p4", "p8"}) == ["p3", "p4", "p8"]
 
 
 def test_plots_draw_their_inputs():
@@ -209,7 +208,7 @@ def test_log_run_figures_writes_tensorboard_images(tmp_path):
     metrics = {"confusion_matrix": [[1, 0, 0], [0, 1, 0], [0, 0, 1]], "init": "random", "mode": "finetune",
                "label_frac": 1.0, "seed": 0}
     writer = SummaryWriter(str(tmp_path / "tb"))
-    report.log_run_figures(writer, metrics, model, "resnet18", torch.randn(3, 1, 32, 32), [0, 1, 2], CLASSES)
+    plots.log_run_figures(writer, metrics, model, "resnet18", torch.randn(3, 1, 32, 32), [0, 1, 2], CLASSES)
     writer.close()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

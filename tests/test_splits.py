@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from sklearn.metrics import adjusted_rand_score
 
-from simclr_ad import data, phantom, splits
+from simclr_ad import data, data_cli, grouping, phantom, splits
 from simclr_ad.data import DataError, ImageSet
 from simclr_ad.errors import UserError
 
@@ -49,7 +49,7 @@ def split_of(s: dict) -> dict[str, str]:
 
 def test_auto_groups_recover_phantom_subjects(ph):
     images, subjects = ph
-    groups = splits.infer_groups(images)
+    groups = grouping.infer_groups(images)
     assert adjusted_rand_score(subjects, groups) > 0.9
     for g in np.unique(groups):  # groups never mix classes
         assert len(set(images.labels[groups == g])) == 1
@@ -57,17 +57,17 @@ def test_auto_groups_recover_phantom_subjects(ph):
 
 def test_label_free_groups_use_known_subjects_else_ignore_labels(ph):
     images, subjects = ph
-    known = splits.label_free_groups(dataclasses.replace(images, subjects=subjects))
+    known = grouping.label_free_groups(dataclasses.replace(images, subjects=subjects))
     assert adjusted_rand_score(subjects, known) == 1.0 and known.dtype == np.int64
-    blind = splits.label_free_groups(images)  # no subject ids: inferred, labels never read
+    blind = grouping.label_free_groups(images)  # no subject ids: inferred, labels never read
     scrambled = np.random.default_rng(0).permutation(images.labels)
-    assert np.array_equal(blind, splits.label_free_groups(dataclasses.replace(images, labels=scrambled)))
+    assert np.array_equal(blind, grouping.label_free_groups(dataclasses.replace(images, labels=scrambled)))
     assert adjusted_rand_score(subjects, blind) > 0.9
 
 
 def test_auto_groups_recover_short_subjects():
     images, subjects = phantom_images(320, seed=3)  # few, small subjects: a harder case for the statistics
-    assert adjusted_rand_score(subjects, splits.infer_groups(images)) > 0.9
+    assert adjusted_rand_score(subjects, grouping.infer_groups(images)) > 0.9
 
 
 def test_default_uses_known_subjects_else_auto(ph):
@@ -208,7 +208,7 @@ def test_audit_on_phantoms_many_for_image_split_none_for_auto(ph, ph_splits, tmp
     assert len(naive["examples"]) == 3
     assert splits.audit(images, ph_splits["auto"])["cross_split_pairs"] == 0
     out = tmp_path / "montage.png"
-    splits.save_montage(images, naive, out)
+    data_cli.save_montage(images, naive, out)
     assert Image.open(out).size[0] > 100
 
 
@@ -268,18 +268,18 @@ def test_cli_split_and_audit(tmp_path, capsys):
     common = ["--data-dir", str(root), "--image-size", "32", "--cache-dir", str(tmp_path / "cache")]
     for mode in ("auto", "image"):
         out = tmp_path / f"{mode}.json"
-        data.main(["split", *common, "--out", str(out), "--group-by", mode])
+        data_cli.main(["split", *common, "--out", str(out), "--group-by", mode])
         printed = capsys.readouterr().out
         assert "train" in printed and "Moderate_Demented" in printed and f"group_by {mode}" in printed
-        data.main(["audit", *common, "--splits", str(out), "--json", "--montage", str(tmp_path / f"{mode}.png")])
+        data_cli.main(["audit", *common, "--splits", str(out), "--json", "--montage", str(tmp_path / f"{mode}.png")])
         report = json.loads(capsys.readouterr().out)
         assert (report["cross_split_pairs"] == 0) == (mode == "auto")
         assert (tmp_path / f"{mode}.png").is_file()
     auto = splits.read_splits(tmp_path / "auto.json")
     assert auto["group_stats"]["n_groups"] == 10  # 10 phantom subjects of 32 slices
-    data.main(["split", *common, "--out", str(tmp_path / "subject.json")])
+    data_cli.main(["split", *common, "--out", str(tmp_path / "subject.json")])
     assert splits.read_splits(tmp_path / "subject.json")["group_by"] == "subject"  # manifest has subject ids
     with pytest.raises(DataError, match="--data-dir"):
-        data.main(["split", "--out", str(tmp_path / "x.json")])
+        data_cli.main(["split", "--out", str(tmp_path / "x.json")])
     with pytest.raises(DataError, match="--out"):
-        data.main(["split", *common])
+        data_cli.main(["split", *common])

@@ -14,7 +14,7 @@ import torch
 nib = pytest.importorskip("nibabel")
 pydicom = pytest.importorskip("pydicom")
 
-from simclr_ad import data, phantom, splits, volume_data, volumes  # noqa: E402
+from simclr_ad import data, data_cli, phantom, splits, volume_data, volumes  # noqa: E402
 from simclr_ad.data import DataError  # noqa: E402
 from simclr_ad.volume_data import Slicing  # noqa: E402
 from tests.conftest import ROOT, TINY  # noqa: E402
@@ -266,11 +266,11 @@ def test_split_groups_by_volume_subject_automatically_and_audit_runs(phantom_vol
     train_subjects = {made["groups"][p] for p in made["train"]}
     assert not train_subjects & {made["groups"][p] for p in made["test"]}
     out = tmp_path / "splits.json"
-    data.main(["split", "--data-dir", str(phantom_volumes), "--out", str(out), "--image-size", str(SIZE)])
-    data.main(["audit", "--data-dir", str(phantom_volumes), "--splits", str(out), "--image-size", str(SIZE)])
+    data_cli.main(["split", "--data-dir", str(phantom_volumes), "--out", str(out), "--image-size", str(SIZE)])
+    data_cli.main(["audit", "--data-dir", str(phantom_volumes), "--splits", str(out), "--image-size", str(SIZE)])
     assert "group_by subject" in capsys.readouterr().out
     central = tmp_path / "central.json"
-    data.main(["split", "--data-dir", str(phantom_volumes), "--out", str(central), "--image-size", str(SIZE),
+    data_cli.main(["split", "--data-dir", str(phantom_volumes), "--out", str(central), "--image-size", str(SIZE),
                "--slices", "central:4", "--json"])
     assert sum(json.loads(central.read_text())["counts"]["train"].values()) % 4 == 0
 
@@ -376,7 +376,7 @@ def test_cli_on_only_bad_volumes_is_one_error_line(tmp_path):
 
 def test_inspect_json_and_preview_figure(phantom_volumes, tmp_path, capsys):
     png = tmp_path / "kept.png"
-    data.main(["inspect", "--data-dir", str(phantom_volumes), "--json", "--cache-dir", str(tmp_path / "c"),
+    data_cli.main(["inspect", "--data-dir", str(phantom_volumes), "--json", "--cache-dir", str(tmp_path / "c"),
                "--slices", "central:4", "--preview", str(png)])
     report = json.loads(capsys.readouterr().out)
     assert report["layout"] == "volume-folders" and report["n_subjects"] == 8 and report["n_images"] == 32
@@ -391,7 +391,7 @@ def test_inspect_json_and_preview_figure(phantom_volumes, tmp_path, capsys):
 
 def test_synth_format_nifti_cli(tmp_path, capsys):
     out = tmp_path / "synth"
-    data.main(["synth", "--out", str(out), "--n", "64", "--size", "32", "--format", "nifti"])
+    data_cli.main(["synth", "--out", str(out), "--n", "64", "--size", "32", "--format", "nifti"])
     assert "NIfTI volumes" in capsys.readouterr().out
     volume = nib.load(str(next(out.glob("*/*.nii.gz"))))
     assert volume.shape == (32, 32, 8) and nib.aff2axcodes(volume.affine) == ("L", "A", "S")
