@@ -401,3 +401,10 @@ def write_config(cfg: Any, path: str | Path) -> None:
 
 def replace(cfg: Any, **changes: Any) -> Any:
     return dataclasses.replace(cfg, **changes)
+
+
+# the segmentation stage (issue 24) keeps its config in its own module; registered here so that
+# YAML files with a ``segment:`` section are validated like the others
+from simclr_ad.segconfig import SegmentConfig  # noqa: E402
+
+STAGES["segment"] = SegmentConfig
