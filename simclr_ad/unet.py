@@ -8,13 +8,10 @@ Install the decoder with ``pip install -e ".[seg]"`` (scripts/setup_env.sh does)
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
-from simclr_ad import checkpoint
-from simclr_ad.models import ModelError, imagenet_state, infer_arch
+from simclr_ad.models import ModelError, infer_arch, init_state
 from simclr_ad.segconfig import SEG_ARCHS
 
 
@@ -46,14 +43,6 @@ def load_encoder_state(unet: nn.Module, arch: str, state: dict[str, torch.Tensor
 
 def init_encoder(unet: nn.Module, arch: str, init: str, encoder: str | None = None) -> None:
     """random (as built), imagenet (local cache only), simclr (``encoder``), or a state_dict path."""
-    if init == "random":
-        return
-    if init == "imagenet":
-        load_encoder_state(unet, arch, imagenet_state(arch), f"ImageNet weights for {arch}")
-        return
-    path = encoder if init == "simclr" else init
-    if not path:
-        raise ModelError("--init simclr needs --encoder PRETRAIN_RUN/encoder.pt")
-    if not Path(path).is_file():
-        raise ModelError(f"encoder {path} not found (--encoder PRETRAIN_RUN/encoder.pt)")
-    load_encoder_state(unet, arch, checkpoint.state_dict_of(checkpoint.load(path)), str(path))
+    found = init_state(arch, init, encoder)
+    if found is not None:
+        load_encoder_state(unet, arch, *found)

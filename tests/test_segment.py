@@ -1,7 +1,6 @@
 """The segmentation stage: strict encoder loading into the U-Net, masked-patient subsets, a run, resume."""
 import json
 
-import numpy as np
 import pytest
 import torch
 

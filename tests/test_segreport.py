@@ -44,3 +44,17 @@ def test_report_of_both_arms_with_overlays_and_detection(tmp_path):
     simclr, random = (json.loads((sweep / arm / "mask0.5" / "seed0" / "metrics.json").read_text())
                       for arm in ("simclr", "random"))
     assert simclr["train_subset_sha1"] == random["train_subset_sha1"]  # both arms saw the same masked patients
+
+
+def test_detection_is_the_fine_tune_stage_on_a_lesion_manifest(tmp_path):
+    """The LGG layout's label column (tumour / no_tumour) is a two-class task for the existing fine-tune stage."""
+    from simclr_ad import finetune, lesions
+    from tests.conftest import TINY
+
+    root = lesions.write_dataset(tmp_path / "lesions", n=96, size=32, slices_per_subject=8)
+    run = finetune.main(["--config", TINY, "--data-dir", str(root), "--init", "random", "--epochs", "1",
+                         "--num-threads", "1", "--out", str(tmp_path / "det" / "random-finetune" / "frac1" / "seed0")])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["classes"] == ["no_tumour", "tumour"] and metrics["group_by"] == "subject"
+    rows = segreport.detection_rows(segreport.find_runs(tmp_path / "det", None)[0])
+    assert len(rows) == 1 and 0 <= rows[0]["auroc"] <= 1 and 0 <= rows[0]["sensitivity"] <= 1
