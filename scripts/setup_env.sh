@@ -10,7 +10,7 @@ fi
 STAMP=.venv/.simclr_ad-installed
 if [ ! -f "$STAMP" ] || [ setup.cfg -nt "$STAMP" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1" -e ".[dev,medical]"
+  .venv/bin/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1" -e ".[dev,medical,seg]"
   touch "$STAMP"
 fi
 export PATH="$ROOT/.venv/bin:$PATH"

@@ -103,7 +103,16 @@ def augment(images: torch.Tensor, size: int, cfg: AugmentConfig, generator: torc
     theta = affine_params(batch, cfg, generator).to(device)
     grid = F.affine_grid(theta, [batch, 1, size, size], align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return intensity(x, size, cfg, generator)
 
+
+def intensity(x: torch.Tensor, size: int, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """The intensity part of ``augment``: float [B,1,S,S] in [0,1] -> normalised float [B,1,S,S].
+
+    Gamma, contrast, brightness, blur and noise; drawn after the geometry, so ``augment`` and
+    ``masks.augment_pair`` (which warps a mask with the same geometry) draw the same numbers.
+    """
+    batch, device = x.shape[0], x.device
     gamma = torch.exp(_uniform(generator, batch, -cfg.aug_gamma, cfg.aug_gamma)).to(device)
     contrast = _uniform(generator, batch, 1 - cfg.aug_contrast, 1 + cfg.aug_contrast).to(device)
     brightness = _uniform(generator, batch, 1 - cfg.aug_brightness, 1 + cfg.aug_brightness).to(device)

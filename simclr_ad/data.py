@@ -23,17 +23,15 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from simclr_ad.errors import UserError
+from simclr_ad.errors import DECODE_ERRORS, UserError
 from simclr_ad.fileio import atomic_write_bytes
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                "test": "test", "testing": "test"}
 CACHE_FORMAT = 1
-# what PIL raises on a file it cannot decode (truncated, not an image, a decompression bomb)
-DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 MAX_ASPECT = 10  # images are padded square before resizing: a 1x150000 strip would ask for 22.5 GB
 
 
@@ -373,22 +371,12 @@ def decode(images: ImageSet, size: int, cache_dir: str | Path | None = None, str
     keep = np.flatnonzero(ok)
     out = replace(images, info=info, skipped=images.skipped + bad).subset(keep)
     out.images = torch.from_numpy(np.ascontiguousarray(arrays[keep])).unsqueeze(1)
-    if out.mask_paths is not None:
-        out.masks = torch.from_numpy(np.stack([_decode_mask(out.root, m, p, size)
-                                               for m, p in zip(out.mask_paths, out.paths)])).unsqueeze(1)
+    if out.mask_paths is not None:  # nearest-neighbour, cached beside the images (masks.py)
+        from simclr_ad.masks import load_masks
+        out.masks = load_masks(out.root, out.mask_paths, out.paths, size, cache_dir)
     if len(out) == 0:
         raise DataError(f"no readable images under {images.root}")
     return out
-
-
-def _decode_mask(root: Path, mask: str, image: str, size: int) -> np.ndarray:
-    try:
-        return decode_image(_read_bytes(root, mask), size)[0] > 127
-    except FileNotFoundError:
-        raise DataError(f"mask {mask!r} of {image!r} does not exist under {root}") from None
-    except DECODE_ERRORS as err:
-        reason = "not a readable image" if isinstance(err, UnidentifiedImageError) else f"{type(err).__name__}: {err}"
-        raise DataError(f"mask {mask!r} of {image!r} cannot be read ({reason[:120]})") from None
 
 
 def _load_cache(path: Path, n: int, size: int):

@@ -5,7 +5,12 @@ import functools
 import sys
 from typing import Callable, TypeVar
 
+from PIL import Image, UnidentifiedImageError
+
 F = TypeVar("F", bound=Callable[..., object])
+
+# what PIL raises on a file it cannot decode (truncated, not an image, a decompression bomb)
+DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 class UserError(Exception):

@@ -160,18 +160,23 @@ def load_backbone_state(backbone: nn.Module, arch: str, state: dict[str, torch.T
                          f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})")
 
 
-def init_backbone(backbone: nn.Module, arch: str, init: str, encoder: str | None = None) -> None:
-    """Apply an init: random (as built), imagenet (local cache), simclr (``encoder``), or a path."""
+def init_state(arch: str, init: str, encoder: str | None = None) -> tuple[dict[str, torch.Tensor], str] | None:
+    """The weights an init names and where they came from: None for random, else (state_dict, source)."""
     if init == "random":
-        return
+        return None
     if init == "imagenet":
-        load_backbone_state(backbone, arch, imagenet_state(arch), f"ImageNet weights for {arch}")
-        return
+        return imagenet_state(arch), f"ImageNet weights for {arch}"
     path = encoder if init == "simclr" else init
     if not path:
         raise ModelError("--init simclr needs --encoder RUN_DIR/encoder.pt from a pretrain run")
-    state = checkpoint.state_dict_of(checkpoint.load(path))
-    load_backbone_state(backbone, arch, state, str(path))
+    return checkpoint.state_dict_of(checkpoint.load(path)), str(path)
+
+
+def init_backbone(backbone: nn.Module, arch: str, init: str, encoder: str | None = None) -> None:
+    """Apply an init: random (as built), imagenet (local cache), simclr (``encoder``), or a path."""
+    found = init_state(arch, init, encoder)
+    if found is not None:
+        load_backbone_state(backbone, arch, *found)
 
 
 def build_classifier(arch: str, num_classes: int, dropout: float = 0.5) -> Classifier:

@@ -107,6 +107,8 @@ def _print_text(results: list[dict[str, Any]]) -> None:
             continue
         probs = ", ".join(f"{c}={p:.3f}" for c, p in result["probabilities"].items())
         print(f"{result['path']}: {result['predicted']}  ({probs})")
+        if result.get("mask"):
+            print(f"  tumour mask: {result['mask']} ({result['tumour_pixels']} pixels), overlay: {result['overlay']}")
         if "slices" in result:
             print(f"  subject {result['subject']}: mean over {len(result['slices'])} slices; per slice: "
                   + ", ".join(f"{s['slice']} {s['predicted']}" for s in result["slices"]))
@@ -166,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gradcam", metavar="OUT_DIR", help="save a Grad-CAM overlay PNG per image here")
     parser.add_argument("--json", action="store_true", help="print one JSON list instead of text")
     parser.add_argument("--num-threads", type=int, default=0, metavar="N", help="torch CPU threads (0: default)")
+    parser.add_argument("--segment-checkpoint", metavar="SEG_RUN/best.pt",
+                        help="two-stage: where the detector (--checkpoint) says tumour, segment with this U-Net")
+    parser.add_argument("--segment-out", metavar="OUT_DIR", default="segmentations",
+                        help="where --segment-checkpoint writes <stem>_mask.png and <stem>_overlay.png")
     args = parser.parse_args(argv)
     if args.num_threads > 0:
         torch.set_num_threads(args.num_threads)
@@ -204,6 +210,15 @@ def main(argv: list[str] | None = None) -> int:
             target = out_dir / names[i]
             Image.fromarray(gradcam.overlay(gradcam.display_image(inputs[row]), cams[row])).save(target)
             results[i]["gradcam"] = str(target)
+
+    # ---------------------------------------------------------------- two-stage: segment the detected tumours
+    if args.segment_checkpoint and order:
+        from simclr_ad import segpredict
+
+        positive = segpredict.positive_class(classes)
+        segpredict.segment_detected([args.images[i] for i in order], [int(predicted[r]) == positive for r in
+                                    range(len(order))], args.segment_checkpoint, args.segment_out,
+                                    [results[i] for i in order])
 
     # ---------------------------------------------------------------- report
     image_results = iter(results)
