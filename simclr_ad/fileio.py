@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -104,3 +105,37 @@ def prepare_run_dir(path: str | Path) -> Path:
     except OSError as err:
         raise FileError(f"cannot write to run dir {path}: {err.strerror or err}") from None
     return path
+
+
+def begin_staged_dir(out_dir: Path, marker: str, what: str) -> Optional[Path]:
+    """Start writing a generated directory that is either finished or absent, never half-written.
+
+    Returns None when ``out_dir`` already holds ``marker`` (finished: reuse it); else a fresh
+    per-process ``<out_dir>.partial-<pid>`` to write into, then ``finish_staged_dir``. Two
+    processes (e.g. torchrun ranks) generating the same set do not collide, and an
+    interrupted write is redone. A non-empty ``out_dir`` without the marker is an error.
+    """
+    if (out_dir / marker).is_file():
+        return None
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        if (out_dir / marker).is_file():  # another process just finished it
+            return None
+        raise UserError(f"{out_dir} exists but has no {marker}, so it is not a finished {what}; "
+                        "delete it or choose another directory")
+    partial = out_dir.with_name(f"{out_dir.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)  # left over from an interrupted run with our pid
+    return partial
+
+
+def finish_staged_dir(partial: Path, out_dir: Path, marker: str) -> Path:
+    """Rename the finished ``partial`` (which holds ``marker``) to ``out_dir``; returns ``out_dir``."""
+    if out_dir.exists():
+        out_dir.rmdir()  # empty: the rename takes its place
+    try:
+        os.replace(partial, out_dir)
+    except OSError:
+        # Another process may have finished the same set first; theirs is as good as ours.
+        if not (out_dir / marker).is_file():
+            raise
+        shutil.rmtree(partial, ignore_errors=True)
+    return out_dir

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from simclr_ad import phantom
-from simclr_ad.errors import UserError, friendly_errors
+from simclr_ad import fileio, phantom
+from simclr_ad.errors import friendly_errors
 
 LESION_VERSION = 1  # bump when the same arguments give other images: it keys the on-disk cache
 LABELS = ("no_tumour", "tumour")
@@ -86,13 +84,9 @@ def write_dataset(out_dir: str | Path, n: int, seed: int = 0, size: int = 64, sl
     from PIL import Image
 
     out_dir = Path(out_dir)
-    if (out_dir / "manifest.csv").is_file():
+    partial = fileio.begin_staged_dir(out_dir, "manifest.csv", "lesion phantom set")
+    if partial is None:
         return out_dir
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise UserError(f"{out_dir} exists but has no manifest.csv, so it is not a finished lesion phantom "
-                        "set; delete it or choose another directory")
-    partial = out_dir.with_name(f"{out_dir.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
     found = generate(n, seed=seed, size=size, slices_per_subject=slices_per_subject)
     rows = []
     for image, mask, subject, index in zip(found.images, found.masks, found.subjects, found.slice_index):
@@ -105,15 +99,7 @@ def write_dataset(out_dir: str | Path, n: int, seed: int = 0, size: int = 64, sl
         writer = csv.writer(handle)
         writer.writerow(("path", "mask", "subject", "slice", "label"))
         writer.writerows(rows)
-    if out_dir.exists():
-        out_dir.rmdir()
-    try:
-        os.replace(partial, out_dir)
-    except OSError:
-        if not (out_dir / "manifest.csv").is_file():
-            raise
-        shutil.rmtree(partial, ignore_errors=True)
-    return out_dir
+    return fileio.finish_staged_dir(partial, out_dir, "manifest.csv")
 
 
 def lesion_dir(n: int, seed: int, size: int, slices_per_subject: int, cache_dir: str | Path | None = None) -> Path:

@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Optional
 
 import numpy as np
 
-from simclr_ad.errors import UserError
+from simclr_ad import fileio
 
 CLASSES = ("Non_Demented", "Very_Mild_Demented", "Mild_Demented", "Moderate_Demented")  # grade 0..3
 CLASS_SHARES = (0.50, 0.35, 0.14, 0.01)  # like the real Kaggle set: 3200/2240/896/64 of 6400
@@ -480,17 +478,9 @@ def write_dataset(out_dir: str | Path, n: int, seed: int = 0, size: int = 128,
     from PIL import Image
 
     out_dir = Path(out_dir)
-    if (out_dir / "manifest.csv").is_file():
+    partial = fileio.begin_staged_dir(out_dir, "manifest.csv", "phantom dataset")
+    if partial is None:
         return out_dir
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        if (out_dir / "manifest.csv").is_file():  # another process (a torchrun rank) just finished it
-            return out_dir
-        raise UserError(f"{out_dir} exists but has no manifest.csv, so it is not a finished phantom "
-                        "dataset; delete it or choose another directory")
-    if out_dir.exists():
-        out_dir.rmdir()  # empty: the rename below takes its place
-    partial = out_dir.with_name(f"{out_dir.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)  # left over from an interrupted run with our pid
     data = generate(n, seed=seed, size=size, slices_per_subject=slices_per_subject,
                     min_subjects_per_class=min_subjects_per_class)
     for name in CLASSES:
@@ -508,14 +498,7 @@ def write_dataset(out_dir: str | Path, n: int, seed: int = 0, size: int = 128,
         writer = csv.writer(handle)
         writer.writerow(("path", "label", "subject", "mask"))
         writer.writerows(rows)
-    try:
-        os.replace(partial, out_dir)
-    except OSError:
-        # Another process may have finished the same dataset first; theirs is as good as ours.
-        if not (out_dir / "manifest.csv").is_file():
-            raise
-        shutil.rmtree(partial, ignore_errors=True)
-    return out_dir
+    return fileio.finish_staged_dir(partial, out_dir, "manifest.csv")
 
 
 def preview(out_png: str | Path, seed: int = 0, size: int = 128) -> Path:
@@ -572,13 +555,9 @@ def write_volumes(out_dir: str | Path, n: int, seed: int = 0, size: int = 128,
 
     out_dir = Path(out_dir)
     marker = out_dir / "phantom_volumes.json"
-    if marker.is_file():
+    partial = fileio.begin_staged_dir(out_dir, marker.name, "phantom volume set")
+    if partial is None:
         return out_dir
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise UserError(f"{out_dir} exists but has no phantom_volumes.json, so it is not a finished phantom "
-                        "volume set; delete it or choose another directory")
-    partial = out_dir.with_name(f"{out_dir.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
     data = generate(n, seed=seed, size=size, slices_per_subject=slices_per_subject)
     pixel_mm = 180.0 / size
     affine = np.diag([-pixel_mm, pixel_mm, VOLUME_SLICE_MM, 1.0])
@@ -597,12 +576,4 @@ def write_volumes(out_dir: str | Path, n: int, seed: int = 0, size: int = 128,
         nib.save(image, str(partial / CLASSES[data.labels[rows[0]]] / f"{subject}.nii.gz"))
     (partial / marker.name).write_text(json.dumps({"n": n, "seed": seed, "size": size,
                                                    "slices_per_subject": slices_per_subject}) + "\n")
-    if out_dir.exists():
-        out_dir.rmdir()
-    try:
-        os.replace(partial, out_dir)
-    except OSError:
-        if not marker.is_file():
-            raise
-        shutil.rmtree(partial, ignore_errors=True)
-    return out_dir
+    return fileio.finish_staged_dir(partial, out_dir, marker.name)
