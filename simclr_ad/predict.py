@@ -158,9 +158,7 @@ def _predict_volumes(model: Classifier, info: dict[str, Any], paths: Sequence[st
     return results
 
 
-@friendly_errors
-def main(argv: list[str] | None = None) -> int:
-    # ---------------------------------------------------------------- arguments
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m simclr_ad.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", nargs="+", help="image files (.png/.jpg/...)")
@@ -172,7 +170,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="two-stage: where the detector (--checkpoint) says tumour, segment with this U-Net")
     parser.add_argument("--segment-out", metavar="OUT_DIR", default="segmentations",
                         help="where --segment-checkpoint writes <stem>_mask.png and <stem>_overlay.png")
-    args = parser.parse_args(argv)
+    return parser
+
+
+@friendly_errors
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.num_threads > 0:
         torch.set_num_threads(args.num_threads)
 

@@ -187,9 +187,6 @@ def run(cfg: SegmentConfig, images: data.ImageSet | None = None) -> Path:
     splits.check_evaluable(split, "segmentation")
     index = _indices(cfg, images, split)
     patients = [str(split["groups"][p]) for p in images.paths]
-    train_images, train_masks = images.images[index["train"]], images.masks[index["train"]]
-    val_truth = images.masks[index["val"], 0].numpy()
-    shown = _shown_slices(val_truth, cfg.overlay_slices)  # positions in the validation split
 
     # ---------------------------------------------------------------- model
     torch.manual_seed(cfg.seed)  # same seed -> same decoder (and random encoder) in every arm
@@ -197,7 +194,7 @@ def run(cfg: SegmentConfig, images: data.ImageSet | None = None) -> Path:
     init_encoder(model, cfg.arch, cfg.init, cfg.encoder)
     model = rt.prepare_model(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = len([b for b in runtime.epoch_batches(len(train_images), cfg.batch_size, cfg.seed, 0, rt, drop_last=False,
+    steps = len([b for b in runtime.epoch_batches(len(index["train"]), cfg.batch_size, cfg.seed, 0, rt, drop_last=False,
                                                   min_batches=cfg.min_steps_per_epoch) if len(b) > 1])
     total, warmup = cfg.epochs * steps, round(cfg.warmup_epochs * steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_with_warmup(step, total, warmup))
@@ -208,7 +205,18 @@ def run(cfg: SegmentConfig, images: data.ImageSet | None = None) -> Path:
     best = ckpt["extra"] if ckpt else {"best_metric": -1.0, "best_epoch": 0, "stale_epochs": 0}
     log = RunLog(run_dir, enabled=rt.is_main, resume_epoch=start_epoch if ckpt else None)
 
-    # ---------------------------------------------------------------- loop (selection on validation patient Dice)
+    # ---------------------------------------------------------------- loop, then test once with the selected model
+    best = _fit(model, optimizer, scheduler, images, index, patients, cfg, rt, run_dir, log, start_epoch, best)
+    _test_once(model, images, index, patients, split, cfg, rt, run_dir, log, best, started)
+    return run_dir
+
+
+def _fit(model, optimizer, scheduler, images: data.ImageSet, index: dict, patients: list[str], cfg: SegmentConfig,
+         rt, run_dir: Path, log: RunLog, start_epoch: int, best: dict) -> dict:
+    """Train from ``start_epoch``, selecting on validation patient Dice (best.pt); last.pt each epoch."""
+    train_images, train_masks = images.images[index["train"]], images.masks[index["train"]]
+    val_truth = images.masks[index["val"], 0].numpy()
+    shown = _shown_slices(val_truth, cfg.overlay_slices)  # positions in the validation split
     for epoch in range(start_epoch, cfg.epochs):
         if cfg.early_stop_patience and best["stale_epochs"] >= cfg.early_stop_patience:
             break
@@ -230,8 +238,12 @@ def run(cfg: SegmentConfig, images: data.ImageSet | None = None) -> Path:
                          epoch + 1)
         checkpoint.save(checkpoint.make(model, optimizer, scheduler, epoch + 1, epoch + 1, best["best_metric"],
                                         config_to_dict(cfg), cfg.arch, best), run_dir / "last.pt")
+    return best
 
-    # ---------------------------------------------------------------- test, once, with the selected model
+
+def _test_once(model, images: data.ImageSet, index: dict, patients: list[str], split: dict, cfg: SegmentConfig,
+               rt, run_dir: Path, log: RunLog, best: dict, started: float) -> None:
+    """Evaluate the selected model on the test patients once; write predictions.csv, then metrics.json."""
     if (run_dir / "best.pt").is_file():
         model.load_state_dict(checkpoint.load(run_dir / "best.pt")["model"])
     test_probs = predict_probabilities(model, images.images[index["test"]], cfg.image_size, rt, cfg.eval_batch_size)
@@ -249,7 +261,6 @@ def run(cfg: SegmentConfig, images: data.ImageSet | None = None) -> Path:
     metrics = {**{f"test_{k}": v for k, v in summary.items()}, **run_facts(cfg, split, index, images, patients, best),
                "wall_s": round(time.time() - started, 2)}
     write_json(run_dir / "metrics.json", metrics)  # written last: it marks the run complete
-    return run_dir
 
 
 def model_info(cfg: SegmentConfig) -> dict:
