@@ -32,5 +32,8 @@ stage segment python -m simclr_ad.segment --config "$CONFIG" --data-dir "$DATA" 
 
 python -m simclr_ad.report --runs "$RUNS/detect" --pretrain "$RUNS/pretrain" --out "$OUT" --copy-runs --no-gradcam \
   --stages "$LOG"
-python -m simclr_ad.segreport --runs "$RUNS/segment" --detection "$RUNS/detect" --out "$OUT" --copy-runs
+# The overlay grids show real patients' slices, which are part of the data and are never committed:
+# they go to the local runs dir; the committed report has none.
+python -m simclr_ad.segreport --runs "$RUNS/segment" --detection "$RUNS/detect" --out "$RUNS/seg_report"
+python -m simclr_ad.segreport --runs "$RUNS/segment" --detection "$RUNS/detect" --out "$OUT" --copy-runs --overlays 0
 echo "results: $OUT/report.md (detection), $OUT/segmentation.md, $OUT/RUN.md"
