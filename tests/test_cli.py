@@ -61,3 +61,12 @@ def test_console_script_and_python_m_run_under_the_same_allocator_settings(tmp_p
     for how, run in runs.items():
         assert run.returncode == 0, (how, run.stderr)  # a returned run dir is not an exit status
     assert runs["python -m"].stdout == runs["console script"].stdout == runtime.MALLOC_TUNABLES + "\n"
+
+
+@pytest.mark.parametrize("stage", ["data_cli", "pretrain", "finetune", "baselines", "report", "predict", "bench"])
+def test_every_stage_main_speaks_in_one_line(stage):
+    """friendly_errors sits on each main (functools.wraps leaves __wrapped__), not on a helper beside it."""
+    import importlib
+
+    main = importlib.import_module(f"simclr_ad.{stage}").main
+    assert main.__name__ == "main" and hasattr(main, "__wrapped__"), stage
