@@ -62,6 +62,20 @@ def build_scheduler(cfg: FinetuneConfig, optimizer, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_with_warmup(step, total, warmup))
 
 
+def train_step(model, x: torch.Tensor, y: torch.Tensor, loss_fn, optimizer, rt: runtime.Runtime,
+               epoch: int = 0) -> torch.Tensor:
+    """One supervised step (the one bench times too): forward under autocast, fp32 loss, backward, update."""
+    with rt.autocast():
+        logits = model(x)
+    loss = loss_fn(logits.float(), y)
+    if not torch.isfinite(loss):
+        raise UserError(f"loss became {loss.item()} at epoch {epoch + 1}; stopped, last checkpoint intact")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 def train_one_epoch(model, images: torch.Tensor, labels: torch.Tensor, cfg: FinetuneConfig, rt: runtime.Runtime,
                     optimizer, scheduler, loss_fn, generator: torch.Generator, epoch: int) -> dict:
     """One pass over the labelled subset with light augmentation; returns mean train loss."""
@@ -75,15 +89,7 @@ def train_one_epoch(model, images: torch.Tensor, labels: torch.Tensor, cfg: Fine
                disable=not (cfg.progress and rt.is_main), dynamic_ncols=True)
     for index in bar:
         x = rt.to_input(augment.augment(images[index].to(rt.device), cfg.image_size, cfg, generator))
-        y = labels[index].to(rt.device)
-        with rt.autocast():
-            logits = model(x)
-        loss = loss_fn(logits.float(), y)
-        if not torch.isfinite(loss):
-            raise UserError(f"loss became {loss.item()} at epoch {epoch + 1}; stopped, last checkpoint intact")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss = train_step(model, x, labels[index].to(rt.device), loss_fn, optimizer, rt, epoch)
         if per_step:
             scheduler.step()
         total += loss.item() * len(index)

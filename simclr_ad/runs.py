@@ -72,12 +72,17 @@ def remove_legacy_checkpoints(run_dir: Path) -> None:
             pass
 
 
+def _load_config(run_dir: Path) -> tuple[Any, str | None]:
+    """A run's config.yaml as parsed, or (None, why it could not be read)."""
+    try:
+        return yaml.safe_load((Path(run_dir) / CONFIG_FILE).read_text(encoding="utf-8")), None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        return None, f"config.yaml unreadable ({type(err).__name__})"
+
+
 def read_config(run_dir: Path) -> dict[str, Any] | None:
     """A run's config.yaml as a dict; None when it is absent, unreadable or not a mapping."""
-    try:
-        value = yaml.safe_load((Path(run_dir) / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return None
+    value, _ = _load_config(run_dir)
     return value if isinstance(value, dict) else None
 
 
@@ -146,10 +151,9 @@ def read_metrics(path: Path) -> tuple[dict | None, str | None]:
 
 def read_run(run_dir: Path) -> Run | None:
     """The run in ``run_dir``, or None when its config.yaml is not a single fine-tune run's."""
-    try:
-        config = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
-    except (OSError, yaml.YAMLError) as err:
-        return Run(run_dir, {}, problem=f"config.yaml unreadable ({type(err).__name__})")
+    config, problem = _load_config(run_dir)
+    if problem:
+        return Run(run_dir, {}, problem=problem)
     if not isinstance(config, dict) or "label_frac" not in config or config.get("sweep") is True:
         return None
     if not (run_dir / "metrics.json").is_file():
