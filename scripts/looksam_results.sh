@@ -14,7 +14,7 @@ mkdir -p "$RUNS" "$OUT"
 LOG="$RUNS/stages.tsv"
 source "$ROOT/scripts/stages.sh"
 
-[ -f "$SPLITS" ] || stage split python -m simclr_ad.data split --data-dir "$DATA" --group-by subject --seed 0 \
+[ -f "$SPLITS" ] || stage split python -m simclr_ad.data split --data-dir "$DATA" --group-by auto --seed 0 \
   --out "$SPLITS"
 for run in "sam_s0 --sam-every 1 --seed 0" "looksam5_s0 --sam-every 5 --seed 0" "sam_s1 --sam-every 1 --seed 1"; do
   # shellcheck disable=SC2086  # the run's flags are meant to split
