@@ -92,7 +92,7 @@ def test_binary_task(tmp_path):
 @pytest.mark.parametrize("args,error,message", [
     (["--label-frac", "0"], ConfigError, "label_frac"),
     (["--label-frac", "1.5"], ConfigError, "label_frac"),
-    (["--label-frac", "0.0001"], UserError, "0.0001"),
+    (["--label-frac", "0.0001", "--label-unit", "slice"], UserError, "0.0001"),  # subject budgets: >= 1 per class
     (["--init", "simclr"], ModelError, "needs --encoder"),
     (["--positive-classes", "Nope", "--task", "binary"], UserError, "must match some but not all"),
 ])
