@@ -18,8 +18,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
-
 from simclr_ad.data import DataError, ImageSet
 from simclr_ad.fileio import atomic_write_text
 from simclr_ad.splits import (DEFAULT_FRACTIONS, _assign, _check_shares, _group_ids, _group_label,
@@ -41,6 +39,8 @@ def _group_members(group_ids: list[str]) -> dict[str, list[int]]:
 
 def test_folds(labels: np.ndarray, group_ids: list[str], n_folds: int, seed: int) -> list[set[str]]:
     """The groups of each fold's test part: disjoint, together every group (StratifiedGroupKFold)."""
+    from sklearn.model_selection import StratifiedGroupKFold  # here: importing the package stays light
+
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     groups = np.asarray(group_ids)
     return [set(groups[test].tolist()) for _, test in splitter.split(np.zeros(len(labels)), labels, groups)]
