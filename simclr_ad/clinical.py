@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score, roc_curve
 
-from simclr_ad.data import class_key
+from simclr_ad.imageset import class_key
 
 # Non -> Very mild -> Mild -> Moderate: the order of the disease, not the alphabet's
 CLINICAL_ORDER = ("Non_Demented", "Very_Mild_Demented", "Mild_Demented", "Moderate_Demented", "Demented")
