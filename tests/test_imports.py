@@ -5,7 +5,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "simclr_ad"
 STAGES = ("pretrain", "finetune", "baselines", "bench", "predict")
-REPORT = {"report", "camstudy", "ablation", "document", "stats"}
+REPORT = {"report", "camstudy", "ablation", "document", "stats", "comparison"}
 
 
 def _is_main_block(node: ast.AST) -> bool:
