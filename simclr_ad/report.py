@@ -254,8 +254,9 @@ def _results_tables(doc: Document, rows: Sequence[dict]) -> None:
 
 
 def _budget(row: dict) -> str:
-    """'n subj. / n slices' labelled (the values of the cell's runs; they differ between folds)."""
-    return f"{row.get('n_train_subjects') or '?'} subj. / {row.get('n_train') or '?'} slices"
+    """'n subj. / n slices' labelled, leaving out what the cell's runs did not record (counts differ between folds)."""
+    parts = [f"{row[key]} {unit}" for key, unit in (("n_train_subjects", "subj."), ("n_train", "slices")) if row.get(key)]
+    return " / ".join(parts) or "count unknown"
 
 
 def _reference_table(doc: Document, rows: Sequence[dict], protocol: str) -> None:
