@@ -8,11 +8,15 @@ makes an image-level split leak, so the phantoms must reproduce it.
 
 Each subject draws its anatomy (head size, shape, pose, sulcal pattern), its
 acquisition (gain, bias field, noise, blur) and a continuous atrophy score
-``grade + N(0, 0.1)`` plus a normal-ageing term. The score enlarges the
-ventricles, widens the sulci and the CSF rim, thins the cortex and shrinks the
-hippocampi. Each slice is rendered from a tissue label map, so the ground-truth
-atrophy mask is exact: the pixels that are CSF in this subject but tissue in
-the same subject rendered at score 0.
+``grade + N(0, 0.1)`` plus a normal-ageing term. As in Alzheimer's disease, the
+score acts mostly on the ventricles and the medial temporal lobes: the lateral
+and third ventricles enlarge, the hippocampi shrink and their temporal horns
+dilate; the cortex thins and the sulci and CSF rim widen only a little (v3; v2's
+strong cortical changes spread the mask along the whole brain outline). The
+slices come from the ventricular levels, as the Kaggle set's do. Each slice is
+rendered from a tissue label map, so the ground-truth atrophy mask is exact: the
+pixels that are CSF in this subject but tissue in the same subject rendered at
+score 0.
 
 Grade-0 masks are small but usually not empty: ageing and the within-grade
 spread give healthy subjects a little atrophy too, as in real data.
@@ -49,10 +53,10 @@ _ATROPHY = {
     "hippocampal_shrink": 0.2,  # the hippocampus shrinks inside its fossa (0.2)
     "temporal_horn": 0.4,  # the temporal horn around the hippocampus dilates by this share per unit (0)
 }
-_VENTRICLE_LEVELS = 0.35  # width (in slice level) of the band where the lateral ventricles show (0.25)
-_VENTRICLE_SPREAD = 0.1  # subjects' natural ventricle size: 1 +- this (0.2)
-_AGEING = (0.1, 0.05)  # mean and sd of the grade-independent ageing term ((0.15, 0.1))
-_LEVELS = (0.25, 0.65)  # axial levels a subject's slices span: 0 skull base .. 1 vertex
+_VENTRICLE_LEVELS = 0.35  # width (in slice level) of the band where the lateral ventricles show (v2: 0.25)
+_VENTRICLE_SPREAD = 0.1  # subjects' natural ventricle size: 1 +- this (v1: 0.2)
+_AGEING = (0.1, 0.05)  # mean and sd of the grade-independent ageing term (v1: (0.15, 0.1))
+_LEVELS = (0.25, 0.65)  # axial levels a subject's slices span, 0 skull base .. 1 vertex (v2: 0.1-0.85)
 _CHUNK = 8  # slices rendered together
 _LEVEL_STEP = 0.02  # slice-level change between adjacent slices: adjacent slices are near-duplicates
 
