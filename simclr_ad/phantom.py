@@ -169,7 +169,11 @@ def _subject_counts(n_subjects: int, min_per_class: int = 2) -> list[int]:
 def _draw_subject(rng: np.random.Generator, grade: int, n_slices: int) -> _Subject:
     """Draw one subject's anatomy, atrophy score, slice levels and acquisition."""
     step = min(_LEVEL_STEP, 0.6 / max(n_slices - 1, 1))
-    start = rng.uniform(_LEVELS[0], max(_LEVELS[0], _LEVELS[1] - step * (n_slices - 1)))
+    span = step * (n_slices - 1)
+    if span <= _LEVELS[1] - _LEVELS[0]:
+        start = rng.uniform(_LEVELS[0], _LEVELS[1] - span)
+    else:  # a subject longer than the band is centred on it, jittered so that subjects' levels differ
+        start = (_LEVELS[0] + _LEVELS[1] - span) / 2 + rng.uniform(-0.075, 0.075)
     # Ageing atrophy is independent of the grade, so a grade alone never fixes the score.
     ageing = float(np.clip(rng.normal(*_AGEING), 0.0, 0.4))
     score = max(0.0, grade + rng.normal(0.0, _SCORE_SD)) + ageing
