@@ -12,8 +12,9 @@ acquisition (gain, bias field, noise, blur) and a continuous atrophy score
 score acts mostly on the ventricles and the medial temporal lobes: the lateral
 and third ventricles enlarge, the hippocampi shrink and their temporal horns
 dilate; the cortex thins and the sulci and CSF rim widen only a little (v3; v2's
-strong cortical changes spread the mask along the whole brain outline). The
-slices come from the ventricular levels, as the Kaggle set's do. Each slice is
+strong cortical changes spread the mask along the whole brain outline). A
+subject's slices lie in the ventricular levels, as the Kaggle set's do, or are
+centred on them when there are too many to fit. Each slice is
 rendered from a tissue label map, so the ground-truth atrophy mask is exact: the
 pixels that are CSF in this subject but tissue in the same subject rendered at
 score 0.
