@@ -37,7 +37,7 @@ from sklearn.preprocessing import StandardScaler
 from simclr_ad import data, evaluate, fileio, grouping, rundir, runtime, splits
 from simclr_ad.config import FinetuneConfig, config_to_dict, parse_config, replace
 from simclr_ad.errors import UserError, friendly_errors
-from simclr_ad.finetune import run_facts, task_labels, test_metrics, write_predictions
+from simclr_ad.finetune import run_facts, split_predictions, task_labels, test_metrics, write_predictions
 from simclr_ad.models import build_backbone, init_backbone
 from simclr_ad.runlog import write_json
 
@@ -114,24 +114,26 @@ def score_one(cfg: FinetuneConfig, name: str, fitter: Fitter, features: np.ndarr
     started = time.time()
     classes, labels = task_labels(images, cfg)
     index = {part: images.indices_of(paths) for part, paths in
-             (("train", splits.label_subset(split, cfg.label_frac)), ("val", split["val"]), ("test", split["test"]))}
+             (("train", splits.labelled_paths(split, cfg)), ("val", split["val"]), ("test", split["test"]))}
     predict = fitter(features[index["train"]], labels[index["train"]], features[index["val"]],
                      labels[index["val"]], len(classes))
-    val_pred = predict(features[index["val"]]).argmax(1) if len(index["val"]) else np.zeros(0, dtype=int)
-    val = evaluate.classification_metrics(labels[index["val"]], val_pred, classes)
+    val_probabilities = predict(features[index["val"]]) if len(index["val"]) else np.zeros((0, len(classes)))
+    val = evaluate.classification_metrics(labels[index["val"]], val_probabilities.argmax(1), classes)
+    val_part = split_predictions(images, split, index["val"], labels, val_probabilities)
     probabilities = predict(features[index["test"]])
     test_labels = labels[index["test"]]
     test = {**evaluate.classification_metrics(test_labels, probabilities.argmax(1), classes), "loss": float("nan")}
     test_paths = [images.paths[i] for i in index["test"]]
     groups = [str(split["groups"][p]) for p in test_paths]
     best = {"best_epoch": 0, "best_metric": val["balanced_accuracy"]}
-    metrics = {**test_metrics(test, probabilities, test_labels, groups, split, classes),
+    metrics = {**test_metrics(test, probabilities, test_labels, groups, split, classes, val_part),
                **run_facts(replace(cfg, init="random"), split, index, images.paths, best),
                "init": name, "mode": MODE, "epochs": 0, "encoder": cfg.encoder if "simclr" in name else None,
                "encoder_sha256": fileio.file_sha256(cfg.encoder) if "simclr" in name else None}
     fileio.prepare_run_dir(out)
     fileio.atomic_write_text(out / "config.yaml", _config_yaml(cfg, name))
     write_predictions(out / "predictions.csv", test_paths, groups, test_labels, probabilities, classes)
+    write_predictions(out / "val_predictions.csv", val_part[3], val_part[2], val_part[1], val_part[0], classes)
     metrics["wall_s"] = round(time.time() - started, 2)
     write_json(out / "metrics.json", metrics)  # written last: it marks the run complete
     return metrics

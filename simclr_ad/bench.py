@@ -5,14 +5,11 @@
                               [--json OUT] [--quick] [--profile] [--host-class]
 
 The loops, interleaved in rounds so machine noise hits both:
-  reference  torchvision ResNet (3-channel), fp32, contiguous memory, in a plain process.
-             simclr: lightly SimCLRTransform on PIL images in a DataLoader, lightly NTXentLoss,
-             the same SGD or SAM. finetune: torchvision ImageFolder over PNG files it writes
-             into a temporary directory, torchvision transforms in a DataLoader, cross-entropy,
-             the same fused AdamW as our fine-tuning.
+  reference  a user's loop from lightly's / torchvision's examples (bench_reference.py), fp32, in a
+             plain process.
   ours       the real simclr_ad step and data path: batched augmentation of the uint8 cache,
              the host class's training dtype (bf16 autocast where bf16 is fast, else fp32),
-             channels_last, smallconv.
+             channels_last, smallconv; fine-tuning takes finetune.train_step itself.
 With ``--sam-every K`` (LookSAM) both loops run it, and one timed unit is K steps (exactly
 one of them takes SAM's two passes), so medians are over whole cycles.
 Each runs in a child process of its own, one at a time, because the allocator policy is
@@ -29,27 +26,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-import torchvision
-from lightly.transforms import SimCLRTransform
 from PIL import Image
 
-from simclr_ad import augment, fileio, losses, runtime
+from simclr_ad import augment, bench_reference, fileio, losses, runtime
 from simclr_ad.config import FinetuneConfig, PretrainConfig
 from simclr_ad.errors import UserError, friendly_errors
 from simclr_ad.models import SimCLRModel, build_backbone, build_classifier
 from simclr_ad.bench_summary import bench_jsons, summary_markdown
+from simclr_ad.finetune import train_step
 from simclr_ad.pretrain import build_optimizer, simclr_step
 
 
@@ -73,23 +66,6 @@ def gemm_peak_gflops(dtype: torch.dtype | None, n: int = 2048, repeats: int = 8)
     return 2 * n ** 3 / min(_step_seconds(lambda: a @ b, repeats)) / 1e9
 
 
-class _PILViews(torch.utils.data.Dataset):
-    """The reference data path: per-image PIL transforms, as in lightly's SimCLR example.
-
-    Endless (indices wrap), so the timed steps never hit an epoch boundary's refill stall.
-    """
-
-    def __init__(self, images: list[Image.Image], size: int):
-        self.images = images
-        self.transform = SimCLRTransform(input_size=size)
-
-    def __len__(self) -> int:
-        return 1000 * len(self.images)
-
-    def __getitem__(self, i: int):
-        return self.transform(self.images[i % len(self.images)])
-
-
 def _step_seconds(step, n: int) -> list[float]:
     out = []
     for _ in range(n):
@@ -97,61 +73,6 @@ def _step_seconds(step, n: int) -> list[float]:
         step()
         out.append(time.perf_counter() - started)
     return out
-
-
-def _reference_loader(dataset, args) -> dict:
-    """The reference loops' shuffled DataLoader (``--ref-workers`` processes), pausable between rounds."""
-    return _pausable_loader(torch.utils.data.DataLoader(
-        dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.ref_workers,
-        persistent_workers=args.ref_workers > 0))
-
-
-def _pausable_loader(loader) -> dict:
-    """``start``/``stop``/``close`` for a reference DataLoader's workers, and its batch iterator.
-
-    The workers (persistent, forked once) run only between ``start`` and ``stop``, so they
-    prefetch alongside the reference's own steps, as in a real run, but never take the
-    cores from another loop; ``stop`` pauses them with SIGSTOP.
-    """
-    state = {"batches": None}
-
-    def signal_workers(sig: int) -> None:
-        for worker in multiprocessing.active_children():
-            os.kill(worker.pid, sig)
-
-    def start():
-        if state["batches"] is None:  # fork the workers and wait for a first batch (untimed)
-            state["batches"] = iter(loader)
-            next(state["batches"])
-        signal_workers(signal.SIGCONT)
-
-    return {"next": lambda: next(state["batches"]), "start": start,
-            "stop": lambda: signal_workers(signal.SIGSTOP),
-            "close": lambda: signal_workers(signal.SIGCONT)}  # paused workers could not shut down
-
-
-def _reference(args, pil_images):
-    """The reference SimCLR loop's steps, plus ``start``/``stop`` of its DataLoader workers."""
-    torch.manual_seed(0)
-    backbone = torchvision.models.__dict__[args.arch](weights=None)
-    dim = backbone.fc.in_features
-    backbone.fc = torch.nn.Identity()
-    model = SimCLRModel(backbone, dim)
-    cfg = PretrainConfig(arch=args.arch, optimizer=args.optimizer, image_size=args.image_size,
-                         sam_every=getattr(args, "sam_every", 1))
-    optimizer = build_optimizer(cfg, model)
-    loss_fn = losses.nt_xent(0.5)
-    dataset = _PILViews(pil_images, args.image_size)
-    loader = _reference_loader(dataset, args)
-    rt = runtime.Runtime(device=torch.device("cpu"), dtype=None, channels_last=False)
-
-    def full_step():
-        x0, x1 = loader["next"]()
-        simclr_step(model, x0, x1, loss_fn, optimizer, rt, "bench")
-
-    x0, x1 = torch.utils.data.default_collate([dataset[i] for i in range(args.batch_size)])
-    return {"full": full_step, "net": lambda: simclr_step(model, x0, x1, loss_fn, optimizer, rt, "bench"),
-            "aug": lambda: [dataset[i] for i in range(args.batch_size)], **loader}
 
 
 def _ours(args, cache: torch.Tensor):
@@ -187,79 +108,6 @@ def _ours(args, cache: torch.Tensor):
             "profile": lambda: conv_profile(net_step), "info": lambda: _info(model, torch.cat([v0, v1]), rt)}
 
 
-def finetune_step(model, x: torch.Tensor, y: torch.Tensor, loss_fn, optimizer, rt: runtime.Runtime) -> None:
-    """One supervised step, as finetune.train_one_epoch takes it (keep the two in step)."""
-    with rt.autocast():
-        logits = model(x)
-    loss = loss_fn(logits.float(), y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-
-
-def _adamw(model: torch.nn.Module) -> torch.optim.Optimizer:
-    """Our fine-tuning's optimizer (finetune.run), with FinetuneConfig's default lr and weight decay."""
-    cfg = FinetuneConfig()
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                             weight_decay=cfg.weight_decay, fused=True)
-
-
-class _Endless(torch.utils.data.Dataset):
-    """A dataset repeated (indices wrap), so the timed steps never hit an epoch boundary's refill stall."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return 1000 * len(self.dataset)
-
-    def __getitem__(self, i: int):
-        return self.dataset[i % len(self.dataset)]
-
-
-def write_image_folder(images: torch.Tensor, labels, classes: list[str], root: Path) -> Path:
-    """uint8 [N, 1, S, S] images as ``root/<class>/<i>.png``, the layout torchvision's ImageFolder reads."""
-    for i, (image, label) in enumerate(zip(images, labels)):
-        folder = root / classes[int(label)]
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image[0].numpy(), "L").save(folder / f"{i:05d}.png")
-    return root
-
-
-def _reference_finetune(args, images):
-    """The reference supervised loop: ImageFolder over PNG files, torchvision transforms, a DataLoader, fp32.
-
-    The transforms are the torchvision counterparts of FinetuneConfig's augmentation.
-    """
-    from torchvision import transforms as T
-
-    pick = torch.linspace(0, len(images) - 1, 4 * args.batch_size).long()  # every class, not the first one only
-    tmp = tempfile.TemporaryDirectory(prefix="simclr_ad_bench_")  # removed when this process ends
-    root = write_image_folder(images.images[pick], images.labels[pick.numpy()], images.classes, Path(tmp.name))
-    cfg = FinetuneConfig()
-    transform = T.Compose([
-        T.RandomResizedCrop(args.image_size, scale=(cfg.aug_crop_scale_min, 1.0)), T.RandomHorizontalFlip(),
-        T.RandomAffine(cfg.aug_rotate_deg, translate=(cfg.aug_translate, cfg.aug_translate)),
-        T.ColorJitter(brightness=cfg.aug_brightness, contrast=cfg.aug_contrast), T.ToTensor(),
-        T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
-    dataset = _Endless(torchvision.datasets.ImageFolder(str(root), transform=transform))
-    torch.manual_seed(0)
-    model = torchvision.models.__dict__[args.arch](weights=None)
-    model.fc = torch.nn.Sequential(torch.nn.Dropout(cfg.dropout), torch.nn.Linear(model.fc.in_features,
-                                                                                  len(images.classes)))
-    optimizer, loss_fn = _adamw(model), torch.nn.CrossEntropyLoss()
-    loader = _reference_loader(dataset, args)
-    rt = runtime.Runtime(device=torch.device("cpu"), dtype=None, channels_last=False)
-
-    def full_step():
-        x, y = loader["next"]()
-        finetune_step(model, x, y, loss_fn, optimizer, rt)
-
-    x, y = torch.utils.data.default_collate([dataset[i] for i in range(args.batch_size)])
-    return {"full": full_step, "net": lambda: finetune_step(model, x, y, loss_fn, optimizer, rt),
-            "aug": lambda: [dataset[i] for i in range(args.batch_size)], **loader, "tmp": tmp}
-
-
 def _ours_finetune(args, images):
     """Our fine-tuning step and data path (finetune.train_one_epoch's), on the uint8 cache."""
     cfg = FinetuneConfig(arch=args.arch, image_size=args.image_size, batch_size=args.batch_size,
@@ -267,7 +115,7 @@ def _ours_finetune(args, images):
     rt = runtime.setup(cfg)
     torch.manual_seed(0)
     model = rt.prepare_model(build_classifier(args.arch, len(images.classes), cfg.dropout))
-    optimizer, loss_fn = _adamw(model), torch.nn.CrossEntropyLoss()
+    optimizer, loss_fn = bench_reference.adamw(model), torch.nn.CrossEntropyLoss()
     cache, labels = images.images, torch.from_numpy(images.labels)
     generator = torch.Generator().manual_seed(0)
     state = {"epoch": 0, "batches": []}
@@ -278,13 +126,13 @@ def _ours_finetune(args, images):
             state["epoch"] += 1
         index = state["batches"].pop()
         x = rt.to_input(augment.augment(cache[index].to(rt.device), cfg.image_size, cfg, generator))
-        finetune_step(model, x, labels[index].to(rt.device), loss_fn, optimizer, rt)
+        train_step(model, x, labels[index].to(rt.device), loss_fn, optimizer, rt)
 
     x = rt.to_input(augment.augment(cache[:cfg.batch_size], cfg.image_size, cfg, generator))
     y = labels[:cfg.batch_size]
 
     def net_step():
-        finetune_step(model, x, y, loss_fn, optimizer, rt)
+        train_step(model, x, y, loss_fn, optimizer, rt)
 
     return {"full": full_step, "net": net_step,
             "aug": lambda: augment.augment(cache[:cfg.batch_size], cfg.image_size, cfg, generator),
@@ -378,12 +226,12 @@ def _serve(args) -> None:
     replies, sys.stdout = sys.stdout, sys.stderr  # stdout carries the replies only
     images = _load_dataset(args)
     if args.stage == "finetune":
-        loop = (_ours_finetune if args.serve == "ours" else _reference_finetune)(args, images)
+        loop = (_ours_finetune if args.serve == "ours" else bench_reference.finetune_loop)(args, images)
     elif args.serve == "ours":
         loop = _ours(args, images.images)
     else:
         pil = [Image.fromarray(img[0].numpy(), "L").convert("RGB") for img in images.images[:4 * args.batch_size]]
-        loop = _reference(args, pil)
+        loop = bench_reference.simclr_loop(args, pil)
     loop["peak_rss_mb"] = _peak_rss_mb
     k = _steps_per_unit(args)
     units = {kind: (lambda step=loop[kind]: [step() for _ in range(k)]) for kind in ("full", "net")}

@@ -170,6 +170,12 @@ class FinetuneConfig(AugmentConfig, CommonConfig):
     """Supervised fine-tuning / linear probing. Defaults: AdamW 1e-4, wd 1e-8, 100 epochs."""
 
     label_frac: float = 1.0  # share of the training labels used (nested subsets from the split file)
+    # subject: label_frac of each class's training subjects, all their slices; slice: of its images;
+    # auto: subject on a grouped split (a diagnosis is per patient), slice on an image split
+    label_unit: str = "auto"
+    label_subjects: int = 0  # >0: label this many training subjects per class instead of label_frac (subject unit)
+    # class order of confusion matrices and tables; empty: Non, Very mild, Mild, Moderate (then any other)
+    class_order: tuple[str, ...] = ()
     init: str = "simclr"  # simclr|random|imagenet|PATH
     encoder: Optional[str] = None  # encoder.pt for init=simclr
     mode: str = "finetune"  # finetune|linear
@@ -216,6 +222,12 @@ class FinetuneConfig(AugmentConfig, CommonConfig):
         CommonConfig.__post_init__(self)
         AugmentConfig.__post_init__(self)
         _check(0 < self.label_frac <= 1, "label_frac", f"is {self.label_frac}; it must be in (0, 1]")
+        _check(self.label_unit in ("auto", "subject", "slice"), "label_unit", "must be auto, subject or slice")
+        _check(self.label_subjects >= 0, "label_subjects", "must be >= 0 (0: use label_frac)")
+        _check(not (self.label_subjects and self.label_unit == "slice"), "label_subjects",
+               "counts subjects: it needs label_unit subject or auto, not slice")
+        _check(not (self.label_subjects and self.sweep), "label_subjects",
+               "is a single run's budget; a sweep's grid is --fractions (of subjects, with label_unit subject)")
         for frac in self.fractions:
             _check(0 < frac <= 1, "fractions", f"contains {frac}; every fraction must be in (0, 1]")
         _check(self.mode in ("finetune", "linear"), "mode", "must be finetune or linear")
@@ -359,8 +371,11 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- YAML
 
-def read_yaml_config(path: str | Path, stage: str) -> dict[str, Any]:
-    """Return the keys of ``path`` that apply to ``stage``, validated against every stage."""
+def read_yaml_config(path: str | Path, stage: str | None) -> dict[str, Any]:
+    """Return the keys of ``path`` that apply to ``stage``, validated against every stage.
+
+    ``stage`` None: the shared (top-level) keys of CommonConfig only, as ``data split`` reads them.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -381,11 +396,11 @@ def read_yaml_config(path: str | Path, stage: str) -> dict[str, Any]:
                     raise ConfigError(f"unknown config key '{key}.{sub_key}' in {path}")
         elif key not in known:
             raise ConfigError(f"unknown config key '{key}' in {path}")
-    own = _field_types(STAGES[stage])
+    own = _field_types(STAGES[stage] if stage else CommonConfig)
     for key, value in raw.items():
         if key in own:
             values[key] = _coerce(key, value, own[key])
-    for key, value in (raw.get(stage) or {}).items():
+    for key, value in (raw.get(stage) or {} if stage else {}).items():
         values[key] = _coerce(f"{stage}.{key}", value, own[key])
     return values
 
@@ -420,12 +435,15 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
-def build_parser(cls: type, description: str) -> argparse.ArgumentParser:
-    parser = _Parser(description=description, allow_abbrev=False)
+def build_parser(cls: type, description: str, keys: typing.Iterable[str] | None = None,
+                 parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """``--config`` plus one flag per field of ``cls`` (only ``keys`` when given), on ``parser`` if given."""
+    parser = parser or _Parser(description=description, allow_abbrev=False)
     parser.add_argument("--config", help="YAML file with defaults (CLI flags override it)")
     helps = {name: text.replace("%", "%%") for name, text in field_help(cls).items()}  # argparse %-formats help
+    wanted = set(keys) if keys is not None else None
     for name, tp in _field_types(cls).items():
-        if name == "format":
+        if name == "format" or (wanted is not None and name not in wanted):
             continue
         inner, _ = _unwrap_optional(tp)
         flag = "--" + name.replace("_", "-")
@@ -447,7 +465,11 @@ def parse_config(cls: type, stage: str, argv: list[str] | None, description: str
                  parser: argparse.ArgumentParser | None = None) -> Any:
     """Resolve ``cls`` from dataclass defaults < ``--config`` YAML < CLI flags."""
     parser = parser or build_parser(cls, description)
-    args = parser.parse_args(argv)
+    return config_from_args(cls, stage, parser.parse_args(argv))
+
+
+def config_from_args(cls: type, stage: str | None, args: argparse.Namespace) -> Any:
+    """``cls`` from dataclass defaults < the ``--config`` YAML named in ``args`` < the flags set in ``args``."""
     values: dict[str, Any] = {}
     if args.config:
         values.update(read_yaml_config(args.config, stage))

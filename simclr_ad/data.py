@@ -12,87 +12,22 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import os
-import re
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
-from simclr_ad.errors import DECODE_ERRORS, UserError
-from simclr_ad.fileio import atomic_write_bytes
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
-SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-               "test": "test", "testing": "test"}
-CACHE_FORMAT = 1
-MAX_ASPECT = 10  # images are padded square before resizing: a 1x150000 strip would ask for 22.5 GB
-
-
-class DataError(UserError):
-    pass
-
-
-def class_key(name: str) -> str:
-    """Normalise a class name: 'Mild_Demented', 'MildDemented', 'mild demented' -> 'milddemented'."""
-    return re.sub(r"[^0-9a-z]", "", name.lower())
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("SIMCLR_AD_CACHE", Path.home() / ".cache" / "simclr_ad"))
-
+from simclr_ad import volume_data
+from simclr_ad.decoding import decode_image
+from simclr_ad.errors import DECODE_ERRORS
+from simclr_ad.imageset import (CACHE_FORMAT, IMAGE_EXTENSIONS, SPLIT_NAMES, DataError, ImageSet,  # noqa: F401
+                                class_dirs, class_key, default_cache_dir, load_cache, merge_class_names, save_cache)
 
 # --------------------------------------------------------------------------- scanning
-
-@dataclass
-class ImageSet:
-    """Images of one dataset with their metadata; ``images`` is filled by ``decode``."""
-
-    root: Path
-    layout: str  # class-folders | pre-split | manifest | synthetic
-    classes: list[str]
-    paths: list[str]  # POSIX, relative to root (or absolute when the manifest allowed it)
-    labels: np.ndarray  # int64 [N], index into classes
-    subjects: Optional[list[str]] = None  # known subject ids (manifest column / phantoms)
-    presplit: Optional[list[str]] = None  # train|val|test per image for the pre-split layout
-    mask_paths: Optional[list[str]] = None
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
-    images: Optional[torch.Tensor] = None  # uint8 [N, 1, S, S]
-    masks: Optional[torch.Tensor] = None  # bool [N, 1, S, S]
-    info: list[tuple[tuple[int, int], str]] = field(default_factory=list)  # (size, mode) per image
-    positions: Optional[np.ndarray] = None  # volumes: float [N] slice position along the slice axis, mm
-    slicing: Optional[object] = None  # volumes: the volume_data.Slicing the slices were cut with
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def subset(self, index: Sequence[int] | np.ndarray) -> "ImageSet":
-        idx = np.asarray(index, dtype=np.int64)
-        pick = lambda seq: None if seq is None else [seq[i] for i in idx]  # noqa: E731
-        return replace(
-            self, paths=pick(self.paths), labels=self.labels[idx], subjects=pick(self.subjects),
-            presplit=pick(self.presplit), mask_paths=pick(self.mask_paths),
-            images=None if self.images is None else self.images[torch.from_numpy(idx)],
-            masks=None if self.masks is None else self.masks[torch.from_numpy(idx)],
-            info=pick(self.info) if self.info else [],
-            positions=None if self.positions is None else self.positions[idx],
-        )
-
-    def indices_of(self, paths: Sequence[str]) -> np.ndarray:
-        """Positions of ``paths``; a path that is not in the dataset is an error naming it."""
-        where = {p: i for i, p in enumerate(self.paths)}
-        missing = [p for p in paths if p not in where]
-        if missing:
-            raise DataError(f"{len(missing)} path(s) of the split file are not in the dataset under "
-                            f"{self.root}, e.g. {missing[0]!r} (was the split made for other data?)")
-        return np.array([where[p] for p in paths], dtype=np.int64)
-
 
 def _is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
@@ -133,36 +68,22 @@ def _files_under(folder: Path, root: Path) -> tuple[list[Path], list[tuple[str, 
     return files, skipped
 
 
-def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
-                  and p.name.lower() != "masks")
-
-
-def _merge_class_names(names: Sequence[str]) -> tuple[list[str], dict[str, int]]:
-    """Stable class order (sorted by normalised key); first spelling wins as display name."""
-    by_key: dict[str, str] = {}
-    for name in sorted(names):
-        by_key.setdefault(class_key(name), name)
-    keys = sorted(by_key)
-    return [by_key[k] for k in keys], {k: i for i, k in enumerate(keys)}
-
-
 def _scan_class_folders(root: Path, split_dirs: dict[str, Path] | None) -> ImageSet:
     groups = split_dirs or {"": root}
     per_split: dict[str, dict[str, list[Path]]] = {}
     skipped: list[tuple[str, str]] = []
     for split, folder in groups.items():
         per_split[split] = {}
-        for class_dir in _class_dirs(folder):
+        for class_dir in class_dirs(folder):
             files, bad = _files_under(class_dir, root)
             skipped += bad
             if not files:
                 raise DataError(f"No images found under {class_dir} "
                                 f"(expected {'/'.join(IMAGE_EXTENSIONS)} files); remove the empty folder")
             per_split[split].setdefault(class_key(class_dir.name), []).extend(files)
-        per_split[split]["__names__"] = [d.name for d in _class_dirs(folder)]  # type: ignore[assignment]
+        per_split[split]["__names__"] = [d.name for d in class_dirs(folder)]  # type: ignore[assignment]
     names = [n for s in per_split.values() for n in s.pop("__names__")]  # type: ignore[arg-type]
-    classes, key_to_idx = _merge_class_names(names)
+    classes, key_to_idx = merge_class_names(names)
     if split_dirs:
         sets = {s: set(v) for s, v in per_split.items()}
         all_keys = set(key_to_idx)
@@ -231,7 +152,7 @@ def _scan_manifest(csv_path: Path, allow_absolute: bool) -> ImageSet:
         kept.append(row)
     if not kept:
         raise DataError(f"none of the images listed in {csv_path} exist")
-    classes, key_to_idx = _merge_class_names([r["label"] for r in kept])
+    classes, key_to_idx = merge_class_names([r["label"] for r in kept])
     has_subject = "subject" in columns and all(r.get("subject") for r in kept)
     has_mask = "mask" in columns and all(r.get("mask") for r in kept)
     return ImageSet(
@@ -250,8 +171,6 @@ def scan(data_dir: str | Path, allow_absolute: bool = False, slicing=None) -> Im
     Volumes (NIfTI, DICOM) are listed slice by slice by ``volume_data.scan``, cut as ``slicing`` says.
     """
     root = Path(data_dir).expanduser()
-    from simclr_ad import volume_data
-
     if volume_data.is_volume_data(root):
         return volume_data.scan(root, slicing, allow_absolute)
     if root.is_file() and root.suffix.lower() == ".csv":
@@ -260,7 +179,7 @@ def scan(data_dir: str | Path, allow_absolute: bool = False, slicing=None) -> Im
         raise DataError(f"data dir not found: {root}")
     if (root / "manifest.csv").is_file():
         return _scan_manifest(root / "manifest.csv", allow_absolute)
-    subdirs = _class_dirs(root)
+    subdirs = class_dirs(root)
     split_dirs = {SPLIT_NAMES[d.name.lower()]: d for d in subdirs if d.name.lower() in SPLIT_NAMES}
     if split_dirs:
         if "train" not in split_dirs or "test" not in split_dirs:
@@ -268,7 +187,7 @@ def scan(data_dir: str | Path, allow_absolute: bool = False, slicing=None) -> Im
                             f"(found: {', '.join(sorted(split_dirs))})")
         return _scan_class_folders(root, split_dirs)
     direct_images = [p for p in root.iterdir() if p.is_file() and _is_image_name(p)]
-    if len(subdirs) == 1 and not direct_images and _class_dirs(subdirs[0]):
+    if len(subdirs) == 1 and not direct_images and class_dirs(subdirs[0]):
         return scan(subdirs[0], allow_absolute)  # e.g. the Kaggle zip's single "Dataset/" folder
     if not subdirs:
         raise DataError(f"No images found under {root}: expected class folders ({root}/<class>/*.jpg), "
@@ -281,40 +200,6 @@ def scan(data_dir: str | Path, allow_absolute: bool = False, slicing=None) -> Im
 
 
 # --------------------------------------------------------------------------- decoding
-
-def _to_gray(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit 'L'. 16-bit and float images are rescaled by their own range."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-        return Image.fromarray(arr.round().astype(np.uint8), mode="L")
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        img = img.convert("RGBA")
-        background = Image.new("RGBA", img.size, (0, 0, 0, 255))  # MRI background is black
-        img = Image.alpha_composite(background, img)
-    return img.convert("L")
-
-
-def decode_image(data: bytes, size: int) -> tuple[np.ndarray, tuple[int, int], str]:
-    """Decode image bytes to uint8 [size, size]: grayscale, padded to square with black, resized."""
-    with Image.open(io.BytesIO(data)) as img:
-        width, height = img.size
-        if max(width, height) > MAX_ASPECT * max(1, min(width, height)):  # padding it square would be huge
-            raise ValueError(f"aspect ratio {width}x{height} is beyond {MAX_ASPECT}:1, not an image slice")
-        img.load()
-        original = (img.size, img.mode)
-        gray = _to_gray(img)
-    width, height = gray.size
-    if width != height:
-        side = max(width, height)
-        canvas = Image.new("L", (side, side), 0)
-        canvas.paste(gray, ((side - width) // 2, (side - height) // 2))
-        gray = canvas
-    if gray.size != (size, size):
-        gray = gray.resize((size, size), Image.BILINEAR, reducing_gap=3.0)
-    return np.asarray(gray, dtype=np.uint8), original[0], original[1]
-
 
 def _read_bytes(root: Path, rel: str) -> bytes:
     return (Path(rel) if Path(rel).is_absolute() else root / rel).read_bytes()
@@ -329,7 +214,6 @@ def decode(images: ImageSet, size: int, cache_dir: str | Path | None = None, str
     from tqdm import tqdm
 
     if images.slicing is not None:
-        from simclr_ad import volume_data
         return volume_data.decode(images, size, cache_dir, strict, progress)
     blobs, digests = [], []
     for rel in images.paths:
@@ -341,7 +225,7 @@ def decode(images: ImageSet, size: int, cache_dir: str | Path | None = None, str
         digests.append(hashlib.sha1(data).hexdigest() if isinstance(data, bytes) else f"unread:{data.errno}")
     key = hashlib.sha256(f"{CACHE_FORMAT}:{size}:{','.join(digests)}".encode()).hexdigest()[:24]
     cache_file = Path(cache_dir or default_cache_dir()) / "decoded" / f"{key}-{size}.npz"
-    cached = _load_cache(cache_file, len(blobs), size)
+    cached = load_cache(cache_file, len(blobs), size)
     if cached is not None:
         arrays, ok, reasons, info = cached
     else:
@@ -360,7 +244,7 @@ def decode(images: ImageSet, size: int, cache_dir: str | Path | None = None, str
             except DECODE_ERRORS as err:
                 reasons.append(f"unreadable: {type(err).__name__}: {str(err)[:120] or 'empty file'}")
                 info.append(((0, 0), ""))
-        _save_cache(cache_file, arrays, ok, reasons, info)
+        save_cache(cache_file, arrays, ok, reasons, info)
     bad = [(images.paths[i], reasons[i]) for i in np.flatnonzero(~ok)]
     if bad and strict:
         raise DataError(f"{len(bad)} unreadable image(s) (--strict): "
@@ -377,35 +261,6 @@ def decode(images: ImageSet, size: int, cache_dir: str | Path | None = None, str
     if len(out) == 0:
         raise DataError(f"no readable images under {images.root}")
     return out
-
-
-def _load_cache(path: Path, n: int, size: int):
-    """The cached decode (arrays, ok, reasons, info), or None to decode afresh; a corrupt file is rebuilt."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as cached:
-            arrays, ok = cached["images"], cached["ok"]
-            reasons = [str(r) for r in cached["reasons"]]
-            info = [((int(w), int(h)), str(m)) for (w, h), m in zip(cached["sizes"], cached["modes"])]
-        if arrays.shape != (n, size, size) or ok.shape != (n,) or len(reasons) != n or len(info) != n:
-            raise ValueError("unexpected shapes")
-    except Exception as err:  # noqa: BLE001 - any unreadable cache is only a cache: decode again
-        warnings.warn(f"image cache {path} is corrupt ({type(err).__name__}); rebuilding it", stacklevel=3)
-        return None
-    return arrays, ok, reasons, info
-
-
-def _save_cache(path: Path, arrays, ok, reasons, info) -> None:
-
-    buffer = io.BytesIO()
-    np.savez(buffer, images=arrays, ok=ok, reasons=np.array(reasons, dtype=str),
-             sizes=np.array([s for s, _ in info], dtype=np.int64).reshape(-1, 2),
-             modes=np.array([m for _, m in info], dtype=str))
-    try:
-        atomic_write_bytes(path, buffer.getvalue())
-    except OSError as err:  # a read-only cache must not stop training
-        warnings.warn(f"could not write image cache {path}: {err}", stacklevel=2)
 
 
 # --------------------------------------------------------------------------- entry point for stages
@@ -434,8 +289,7 @@ def load_dataset(cfg) -> ImageSet:
         root = phantom_dir_of(cfg)
         found = replace(scan(root), layout="synthetic")
     else:
-        from simclr_ad.volume_data import slicing_of
-        found = scan(cfg.data_dir, allow_absolute=cfg.allow_absolute_paths, slicing=slicing_of(cfg))
+        found = scan(cfg.data_dir, allow_absolute=cfg.allow_absolute_paths, slicing=volume_data.slicing_of(cfg))
     return decode(found, cfg.image_size, cfg.cache_dir, strict=cfg.strict, progress=cfg.progress)
 
 
@@ -457,7 +311,6 @@ def describe(found: ImageSet) -> dict:
         "unreadable_reasons": {p: r for p, r in found.skipped},
     }
     if found.slicing is not None:
-        from simclr_ad import volume_data
         report["volumes"] = volume_data.summary(found)
     if found.presplit is not None:
         report["splits"] = {

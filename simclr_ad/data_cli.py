@@ -3,11 +3,18 @@
     python -m simclr_ad.data inspect --data-dir DIR [--json] [--preview PNG]
     python -m simclr_ad.data synth --out DIR [--n 6400] [--seed 0] [--size 128] [--format png|nifti]
     python -m simclr_ad.data split --data-dir DIR --out splits.json [--group-by default] [--val-frac 0.1]
-        [--test-frac 0.2] [--split-seed 0]
+        [--test-frac 0.2] [--split-seed 0] [--config configs/cpu.yaml]
+    python -m simclr_ad.data split --data-dir DIR --folds 5 --out folds/   # folds/fold0.json ... + folds.json
     python -m simclr_ad.data audit --data-dir DIR --splits splits.json [--montage PNG] [--out JSON]
 
-The library code lives in data.py (loading), splits.py (the split file, the audit) and
-grouping.py (near-duplicates); this module only parses arguments and prints.
+`split` and `audit` read the keys they share with the stages (data_dir, image_size, cache_dir,
+group_by, val_frac, test_frac, split_seed, the volume slicing, ...) through the stages' config
+path (config.build_parser): the top-level keys of ``--config`` YAML, overridden by the same
+flags, so a split infers the groups a stage would. The older spellings ``--val``, ``--test`` and
+``--seed`` (the split seed) still work.
+
+The library code lives in data.py (loading), splits.py (the split file, the audit), folds.py
+(k-fold splits) and grouping.py (near-duplicates); this module only parses arguments and prints.
 """
 from __future__ import annotations
 
@@ -16,14 +23,17 @@ import json
 import warnings
 from pathlib import Path
 
-from simclr_ad import volume_data
-from simclr_ad.config import CommonConfig
-from simclr_ad.data import DataError, ImageSet, decode, describe, scan
+from simclr_ad import folds, volume_data
+from simclr_ad.config import CommonConfig, build_parser, config_from_args, replace
+from simclr_ad.data import DataError, ImageSet, decode, describe, load_dataset, scan
 from simclr_ad.errors import friendly_errors
 from simclr_ad.fileio import atomic_write_text
-from simclr_ad.splits import GROUP_BY, SPLITS, _check_shares, audit, make_splits, read_splits, write_splits
+from simclr_ad.splits import SPLITS, _check_shares, audit, make_splits, read_splits, write_splits
 
-CLI_IMAGE_SIZE = CommonConfig.image_size  # so `data split` and the stages infer the same groups
+# the stage config keys `split` and `audit` share (CommonConfig fields; audit also reads `splits`)
+DATA_KEYS = ("data_dir", "image_size", "strict", "allow_absolute_paths", "cache_dir", "slice_axis", "slices",
+             "intensity_percentiles")
+SPLIT_KEYS = (*DATA_KEYS, "group_by", "val_frac", "test_frac", "split_seed")
 
 
 def save_montage(images: ImageSet, report: dict, out_png: str | Path) -> None:
@@ -59,14 +69,13 @@ def save_montage(images: ImageSet, report: dict, out_png: str | Path) -> None:
 
 # --------------------------------------------------------------------------- split and audit
 
-def _load(args: argparse.Namespace) -> ImageSet:
-    if not args.data_dir:
-        raise DataError(f"`{args.command}` needs --data-dir DIR (class folders, pre-split folders or a manifest)")
-    if args.image_size < 16:
-        raise DataError(f"--image-size {args.image_size} is too small (>= 16)")
+def _load(cfg: CommonConfig, command: str) -> ImageSet:
+    """The dataset as the stages load it (data.load_dataset), with unreadable files summarised."""
+    if not cfg.data_dir:
+        raise DataError(f"`{command}` needs --data-dir DIR (class folders, pre-split folders or a manifest)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # unreadable files are listed in the summary instead
-        images = decode(scan(args.data_dir, slicing=volume_data.slicing_of(args)), args.image_size, args.cache_dir)
+        images = load_dataset(replace(cfg, progress=False))
     if images.skipped:
         print(f"skipped {len(images.skipped)} file(s): " + ", ".join(p for p, _ in images.skipped[:5])
               + (" ..." if len(images.skipped) > 5 else ""))
@@ -99,11 +108,19 @@ def format_summary(splits: dict) -> str:
 
 
 def _cmd_split(args: argparse.Namespace) -> None:
+    cfg = config_from_args(CommonConfig, None, args)
     if not args.out:
-        raise DataError("`split` needs --out FILE (e.g. --out splits.json)")
-    _check_shares(args.val_frac, args.test_frac)  # before the slow decode
-    images = _load(args)
-    splits = make_splits(images, args.group_by, args.val_frac, args.test_frac, args.split_seed)
+        raise DataError("`split` needs --out FILE (e.g. --out splits.json; with --folds a directory)")
+    _check_shares(cfg.val_frac, cfg.test_frac)  # before the slow decode
+    images = _load(cfg, "split")
+    if args.folds:
+        made = folds.make_folds(images, args.folds, cfg.group_by, cfg.val_frac, cfg.split_seed)
+        summary = folds.write_folds(made, args.out)
+        print(json.dumps(json.loads(summary.read_text()), indent=2) if args.json else
+              f"wrote {args.folds} fold split files and {summary}: {len(images)} images from {images.root}\n"
+              + folds.format_folds(made))
+        return
+    splits = make_splits(images, cfg.group_by, cfg.val_frac, cfg.test_frac, cfg.split_seed)
     write_splits(splits, args.out)
     if args.json:
         print(json.dumps({k: splits[k] for k in ("group_by", "seed", "classes", "counts", "group_counts",
@@ -114,10 +131,11 @@ def _cmd_split(args: argparse.Namespace) -> None:
 
 
 def _cmd_audit(args: argparse.Namespace) -> None:
-    if not args.splits:
+    cfg = config_from_args(CommonConfig, None, args)
+    if not cfg.splits:
         raise DataError("`audit` needs --splits FILE (written by `python -m simclr_ad.data split`)")
-    splits = read_splits(args.splits)
-    images = _load(args)
+    splits = read_splits(cfg.splits)
+    images = _load(cfg, "audit")
     report = audit(images, splits, max_examples=args.max_examples)
     if args.montage:
         save_montage(images, report, args.montage)
@@ -128,7 +146,7 @@ def _cmd_audit(args: argparse.Namespace) -> None:
         return
     pairs = ", ".join(f"{k}: {v}" for k, v in report["pairs_by_splits"].items())
     twins = report["share_with_train_twin"]
-    print(f"{args.splits} (group_by {report['group_by']}): {report['cross_split_pairs']} of "
+    print(f"{cfg.splits} (group_by {report['group_by']}): {report['cross_split_pairs']} of "
           f"{report['near_duplicate_pairs']} near-duplicate pairs cross splits ({pairs})")
     print("  share with a near-twin in train: "
           + ", ".join(f"{k} {100 * v:.1f}%" for k, v in twins.items() if v is not None))
@@ -138,35 +156,29 @@ def _cmd_audit(args: argparse.Namespace) -> None:
         print(f"  montage: {args.montage}")
 
 
+def _shared(keys: tuple[str, ...]) -> argparse.ArgumentParser:
+    """The stage config flags of ``keys`` (and --config), as a parent of a sub-command's parser."""
+    parser = build_parser(CommonConfig, "", keys, parser=argparse.ArgumentParser(add_help=False))
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
 def add_cli(subparsers) -> None:
     """Register `split` and `audit` on the sub-parsers of ``python -m simclr_ad.data``."""
-    def common(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--data-dir", default=None, help="dataset root (class folders, pre-split or manifest)")
-        parser.add_argument("--cache-dir", default=None, help="decoded-image cache (default ~/.cache/simclr_ad)")
-        parser.add_argument("--image-size", type=int, default=CLI_IMAGE_SIZE,
-                            help=f"decode size; keep the stages' image_size to infer the same groups "
-                                 f"(default {CLI_IMAGE_SIZE})")
-        parser.add_argument("--json", action="store_true", help="print one JSON object")
-        volume_data.add_cli_args(parser, preview=False)  # volumes: cut them as the stages' slice_axis/slices do
-
-    split = subparsers.add_parser("split", help="write a grouped, stratified splits.json with label fractions")
-    common(split)
-    split.add_argument("--out", default=None, help="split file to write, e.g. splits.json")
-    split.add_argument("--group-by", default="default", choices=GROUP_BY,
-                       help="subject ids, auto-inferred groups or naive per-image "
-                            "(default: subject when ids are known, else auto)")
-    # the stages' names for the same settings; --val, --test and --seed are the older ones, still accepted
-    split.add_argument("--val-frac", "--val", dest="val_frac", type=float, default=CommonConfig.val_frac,
-                       help=f"validation share of all images (default {CommonConfig.val_frac})")
-    split.add_argument("--test-frac", "--test", dest="test_frac", type=float, default=CommonConfig.test_frac,
-                       help=f"test share of all images (default {CommonConfig.test_frac})")
-    split.add_argument("--split-seed", "--seed", dest="split_seed", type=int, default=CommonConfig.split_seed,
-                       help=f"seed of the group assignment (default {CommonConfig.split_seed})")
+    split = subparsers.add_parser("split", parents=[_shared(SPLIT_KEYS)],
+                                  help="write a grouped, stratified splits.json with label fractions")
+    split.add_argument("--out", default=None, help="split file to write, e.g. splits.json (--folds: a directory)")
+    split.add_argument("--folds", type=int, default=0, metavar="K",
+                       help="write K subject-grouped, class-stratified folds (fold<k>.json each, and folds.json): "
+                            "every subject tested once; validation from the other subjects")
+    # the older names of val_frac, test_frac and split_seed, still accepted
+    split.add_argument("--val", dest="val_frac", type=float, default=None, help=argparse.SUPPRESS)
+    split.add_argument("--test", dest="test_frac", type=float, default=None, help=argparse.SUPPRESS)
+    split.add_argument("--seed", dest="split_seed", type=int, default=None, help="the same as --split-seed")
     split.set_defaults(handler=_cmd_split)
 
-    check = subparsers.add_parser("audit", help="count near-duplicate pairs that cross train/val/test")
-    common(check)
-    check.add_argument("--splits", default=None, help="split file to check")
+    check = subparsers.add_parser("audit", parents=[_shared((*DATA_KEYS, "splits"))],
+                                  help="count near-duplicate pairs that cross train/val/test")
     check.add_argument("--montage", default=None, help="save a PNG of the worst crossing pairs")
     check.add_argument("--out", default=None, help="also write the JSON report to this file")
     check.add_argument("--max-examples", type=int, default=12, help="crossing pairs listed, worst first (default 12)")

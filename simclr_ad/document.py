@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import base64
 import html
+from pathlib import Path
 from typing import Any, Sequence
+
+from simclr_ad.fileio import atomic_write_text
 
 
 class Document:
@@ -72,3 +75,29 @@ class Document:
                 out.append(f"<figure><img src='data:image/png;base64,{data}' alt='{esc(value[1])}'>"
                            f"<figcaption>{esc(value[1])}</figcaption></figure>")
         return "\n".join(out) + "\n</body></html>\n"
+
+
+def write_run_md(stages_tsv: Path, out: Path) -> None:
+    """RUN.md from a stage log (name, status, seconds, git SHA, command per line) plus the machine."""
+    import os
+    import platform
+
+    import torch
+
+    from simclr_ad import runtime
+
+    rows = [line.split("\t", 4) for line in stages_tsv.read_text().splitlines() if line.strip()]
+    total = sum(int(r[2]) for r in rows if len(r) == 5 and r[2].isdigit())
+    lines = ["# How these results were made", "",
+             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, CPU class {runtime.host_class()} "
+             f"({runtime.cpu_model() or 'model unknown'}), {platform.platform()}, "
+             f"Python {platform.python_version()}, torch {torch.__version__}. "
+             f"{'GPU: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'No GPU'}.", "",
+             f"Total wall time of the logged sittings: {total / 3600:.2f} h.", "",
+             "| stage | status | wall time | git SHA | exact command |", "|---|---|---|---|---|"]
+    for row in rows:
+        if len(row) == 5:
+            name, status, seconds, sha, command = row
+            took = f"{int(seconds) / 60:.1f} min" if seconds.isdigit() else seconds  # e.g. a stage still running
+            lines.append(f"| {name} | {status} | {took} | {sha} | `{command}` |")
+    atomic_write_text(out, "\n".join(lines) + "\n")

@@ -12,7 +12,7 @@ from lightly.utils.benchmarking import knn_predict
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
                              precision_recall_fscore_support)
 
-from simclr_ad import augment
+from simclr_ad import augment, clinical
 from simclr_ad.runtime import Runtime
 
 
@@ -124,11 +124,5 @@ def subject_level(probabilities: np.ndarray, y_true: np.ndarray, groups: Sequenc
 
     A subject's label is its slices' majority label (they agree for real subjects).
     """
-    groups = np.asarray([str(g) for g in groups])
-    names = sorted(set(groups))
-    truth, pred = [], []
-    for name in names:
-        member = groups == name
-        truth.append(np.bincount(y_true[member]).argmax())
-        pred.append(probabilities[member].mean(axis=0).argmax())
-    return np.array(truth), np.array(pred)
+    _, truth, aggregated = clinical.subject_probabilities(probabilities, y_true, groups, "mean")
+    return truth, aggregated.argmax(axis=1)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from simclr_ad import augment, checkpoint, data, evaluate, fileio, losses, plots, rundir, runs, runtime, splits
+from simclr_ad import augment, checkpoint, clinical, data, evaluate, fileio, losses, plots, rundir, runs, runtime, splits
 from simclr_ad.config import FinetuneConfig, config_to_dict, parse_config, replace
 from simclr_ad.data import class_key
 from simclr_ad.errors import UserError, friendly_errors
@@ -62,6 +62,20 @@ def build_scheduler(cfg: FinetuneConfig, optimizer, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_with_warmup(step, total, warmup))
 
 
+def train_step(model, x: torch.Tensor, y: torch.Tensor, loss_fn, optimizer, rt: runtime.Runtime,
+               epoch: int = 0) -> torch.Tensor:
+    """One supervised step (the one bench times too): forward under autocast, fp32 loss, backward, update."""
+    with rt.autocast():
+        logits = model(x)
+    loss = loss_fn(logits.float(), y)
+    if not torch.isfinite(loss):
+        raise UserError(f"loss became {loss.item()} at epoch {epoch + 1}; stopped, last checkpoint intact")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 def train_one_epoch(model, images: torch.Tensor, labels: torch.Tensor, cfg: FinetuneConfig, rt: runtime.Runtime,
                     optimizer, scheduler, loss_fn, generator: torch.Generator, epoch: int) -> dict:
     """One pass over the labelled subset with light augmentation; returns mean train loss."""
@@ -75,15 +89,7 @@ def train_one_epoch(model, images: torch.Tensor, labels: torch.Tensor, cfg: Fine
                disable=not (cfg.progress and rt.is_main), dynamic_ncols=True)
     for index in bar:
         x = rt.to_input(augment.augment(images[index].to(rt.device), cfg.image_size, cfg, generator))
-        y = labels[index].to(rt.device)
-        with rt.autocast():
-            logits = model(x)
-        loss = loss_fn(logits.float(), y)
-        if not torch.isfinite(loss):
-            raise UserError(f"loss became {loss.item()} at epoch {epoch + 1}; stopped, last checkpoint intact")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss = train_step(model, x, labels[index].to(rt.device), loss_fn, optimizer, rt, epoch)
         if per_step:
             scheduler.step()
         total += loss.item() * len(index)
@@ -152,13 +158,17 @@ def test_once(model, images: data.ImageSet, split: dict, index: dict, all_labels
     figures; return the metrics (without wall_s)."""
     if (run_dir / runs.BEST_CHECKPOINT).is_file():
         model.load_state_dict(checkpoint.load(run_dir / runs.BEST_CHECKPOINT)["model"])
+    val = split_predictions(images, split, index["val"], all_labels,
+                            evaluate.predict_proba(model, images.images[index["val"]], cfg.image_size, rt,
+                                                   cfg.eval_batch_size)[0])  # the binary threshold is chosen here
     test_labels = all_labels[index["test"]]
     test, probabilities = evaluate_split(model, images.images[index["test"]], test_labels, cfg, rt, eval_loss, classes)
     test_paths = [images.paths[i] for i in index["test"]]
     groups = [str(split["groups"][p]) for p in test_paths]
-    metrics = {**test_metrics(test, probabilities, test_labels, groups, split, classes),
+    metrics = {**test_metrics(test, probabilities, test_labels, groups, split, classes, val),
                **run_facts(cfg, split, index, images.paths, best)}
     write_predictions(run_dir / "predictions.csv", test_paths, groups, test_labels, probabilities, classes)
+    write_predictions(run_dir / "val_predictions.csv", val[3], val[2], val[1], val[0], classes)
     if log.writer is not None:
         shown = np.arange(min(8, len(test_paths)))
         inputs = augment.prepare(images.images[index["test"][shown]], cfg.image_size)
@@ -175,6 +185,7 @@ def run(cfg: FinetuneConfig, images: data.ImageSet | None = None) -> Path:
     started = time.time()
     fileio.git_sha()  # record the code version as it is now, at the start
     rt = runtime.setup(cfg, distributed=False)  # one run = one process; sweeps spread runs over ranks
+    cfg = replace(cfg, label_unit=splits.label_unit_for(cfg))  # recorded resolved: auto's meaning may change
     run_dir = rundir.claim(cfg, f"runs/finetune-{cfg.init}-{cfg.mode}-f{cfg.label_frac}-s{cfg.seed}")
     if (run_dir / "metrics.json").is_file():  # the test split was already evaluated: never again
         print(f"fine-tuning already finished in {run_dir} (metrics.json)")
@@ -186,7 +197,7 @@ def run(cfg: FinetuneConfig, images: data.ImageSet | None = None) -> Path:
     splits.check_evaluable(split)
     classes, all_labels = task_labels(images, cfg)
     index = {name: images.indices_of(paths) for name, paths in
-             (("train", splits.label_subset(split, cfg.label_frac)), ("val", split["val"]), ("test", split["test"]))}
+             (("train", splits.labelled_paths(split, cfg)), ("val", split["val"]), ("test", split["test"]))}
     train_images = images.images[torch.from_numpy(index["train"])]
     train_labels = torch.from_numpy(all_labels[index["train"]])
     if rt.device.type == "cuda":
@@ -222,15 +233,29 @@ def run(cfg: FinetuneConfig, images: data.ImageSet | None = None) -> Path:
     return run_dir
 
 
+def split_predictions(images: data.ImageSet, split: dict, index: np.ndarray, labels: np.ndarray,
+                      probabilities: np.ndarray) -> tuple:
+    """(probabilities, labels, groups, paths) of one split part: test_metrics's ``val``."""
+    paths = [images.paths[i] for i in index]
+    return probabilities, labels[index], [str(split["groups"][p]) for p in paths], paths
+
+
 def test_metrics(test: dict, probabilities: np.ndarray, labels: np.ndarray, groups: list[str], split: dict,
-                 classes: list[str]) -> dict:
-    """Slice-level test metrics, plus subject-level ones (slice probabilities averaged) when groups exist."""
+                 classes: list[str], val: tuple | None = None) -> dict:
+    """Slice-level test metrics, plus subject-level ones (slice probabilities averaged) when groups exist.
+
+    ``val`` (validation probabilities, labels, groups) chooses the binary threshold (clinical.py).
+    """
     metrics = {**{k: v for k, v in test.items() if k != "loss"}, "test_loss": test["loss"], "classes": classes}
+    val_probabilities, val_labels, val_groups = (val or (None, None, None))[:3]
+    metrics.update(clinical.clinical_metrics(probabilities, labels, val_probabilities, val_labels))
     if split["group_by"] != "image":
         subject_true, subject_pred = evaluate.subject_level(probabilities, labels, groups)
         subject = evaluate.classification_metrics(subject_true, subject_pred, classes)
         metrics.update({f"subject_{k}": subject[k] for k in ("accuracy", "balanced_accuracy", "macro_f1",
                                                               "confusion_matrix", "n")})
+        metrics.update(clinical.subject_clinical_metrics(probabilities, labels, groups,
+                                                         val[:3] if val is not None else None))
     return metrics
 
 
@@ -239,6 +264,10 @@ def run_facts(cfg: FinetuneConfig, split: dict, index: dict, paths: list[str], b
     train_paths = "\n".join(sorted(paths[i] for i in index["train"]))
     return {"label_frac": cfg.label_frac, "n_train": int(len(index["train"])), "n_val": int(len(index["val"])),
             "n_test": int(len(index["test"])), "init": cfg.init, "mode": cfg.mode, "arch": cfg.arch,
+            "label_unit": splits.resolve_label_unit(cfg.label_unit, split["group_by"]),
+            "label_subjects": cfg.label_subjects,
+            "n_train_subjects": len({str(split["groups"][paths[i]]) for i in index["train"]}),
+            "fold": split.get("fold"), "n_folds": split.get("n_folds"),
             "seed": cfg.seed, "task": cfg.task, "best_epoch": best["best_epoch"],
             "val_balanced_accuracy": best["best_metric"], "group_by": split["group_by"], "split_seed": split["seed"],
             "image_size": cfg.image_size, "epochs": cfg.epochs, "data": cfg.data_dir or "synthetic",
@@ -286,6 +315,7 @@ def sweep(cfg: FinetuneConfig) -> Path:
             continue
         cell = replace(cfg, sweep=False, init=init, mode=mode, label_frac=fraction, seed=seed, out=str(out),
                        splits=str(split_file))
+        cell = replace(cell, label_unit=splits.label_unit_for(cell))  # as run() records it
         finished = (out / "metrics.json").is_file() and not cfg.overwrite  # run() checks it is this very cell
         if cfg.restore_from and not finished and runs.restore_cell(cell, Path(cfg.restore_from) / out.relative_to(root)):
             print(f"[{i + 1}/{len(cells)}] restored from {cfg.restore_from}: {out}", flush=True)

@@ -20,38 +20,18 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from simclr_ad import augment
 from simclr_ad.config import AugmentConfig
+from simclr_ad.decoding import decode_mask
 from simclr_ad.errors import DECODE_ERRORS
 
 MASK_CACHE_FORMAT = 1
 
 
-def decode_mask(data: bytes, size: int) -> np.ndarray:
-    """Mask bytes -> bool [size, size]: grayscale > 127, padded square with background, nearest resize."""
-    from simclr_ad.data import MAX_ASPECT, _to_gray
-
-    with Image.open(io.BytesIO(data)) as img:
-        width, height = img.size
-        if max(width, height) > MAX_ASPECT * max(1, min(width, height)):
-            raise ValueError(f"aspect ratio {width}x{height} is beyond {MAX_ASPECT}:1, not a mask slice")
-        img.load()
-        gray = _to_gray(img)
-    binary = Image.fromarray((np.asarray(gray) > 127).astype(np.uint8) * 255, mode="L")
-    if binary.size[0] != binary.size[1]:  # the same padding as data.decode_image gives the image
-        side = max(binary.size)
-        canvas = Image.new("L", (side, side), 0)
-        canvas.paste(binary, ((side - binary.size[0]) // 2, (side - binary.size[1]) // 2))
-        binary = canvas
-    if binary.size != (size, size):
-        binary = binary.resize((size, size), Image.NEAREST)
-    return np.asarray(binary) > 127
-
-
 def _read(root: Path, mask: str, image: str) -> bytes:
-    from simclr_ad.data import DataError
+    from simclr_ad.imageset import DataError
 
     try:
         return (Path(mask) if Path(mask).is_absolute() else root / mask).read_bytes()
@@ -66,7 +46,7 @@ def load_masks(root: Path, mask_paths: Sequence[str], image_paths: Sequence[str]
     A missing or unreadable mask is a DataError naming the mask and its image: a segmentation
     set with a silently empty mask would teach "no tumour" where there is one.
     """
-    from simclr_ad.data import DataError, default_cache_dir
+    from simclr_ad.imageset import DataError, default_cache_dir
 
     blobs = [_read(root, m, p) for m, p in zip(mask_paths, image_paths)]
     digest = hashlib.sha256(f"masks:{MASK_CACHE_FORMAT}:{size}:".encode())

@@ -217,6 +217,22 @@ def curves_figure(curves: Mapping[str, Sequence[tuple[int, float]]], xlabel: str
     return fig
 
 
+def reliability_figure(bins_by_name: Mapping[str, Mapping[str, Sequence[float]]], title: str) -> Figure:
+    """Reliability diagram: accuracy against mean confidence per confidence bin (clinical.reliability_bins),
+    one line per name, marker area by bin count; the diagonal is perfect calibration."""
+    fig = _figure(4.8, 4.4)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="calibrated")
+    for name, bins in bins_by_name.items():
+        if bins["count"]:
+            sizes = 8 + 120 * np.asarray(bins["count"]) / max(bins["count"])
+            line = ax.plot(bins["confidence"], bins["accuracy"], marker="", label=name)[0]
+            ax.scatter(bins["confidence"], bins["accuracy"], s=sizes, color=line.get_color(), alpha=0.7)
+    ax.set(xlabel="confidence (top-class probability)", ylabel="accuracy", title=title, xlim=(0, 1), ylim=(0, 1))
+    ax.legend(fontsize=7, loc="upper left")
+    return fig
+
+
 def png_bytes(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)

@@ -1,8 +1,18 @@
 """Classify image files with a fine-tuned checkpoint, optionally saving Grad-CAM overlays.
 
     python -m simclr_ad.predict scan1.png scan2.jpg --checkpoint RUN_DIR/best.pt
-        [--gradcam OUT_DIR] [--json] [--num-threads N]
+        [--gradcam OUT_DIR] [--json] [--num-threads N] [--csv OUT.csv]
     python -m simclr_ad.predict scan.nii.gz dicom_series_dir/ --checkpoint RUN_DIR/best.pt [--gradcam OUT_DIR]
+    python -m simclr_ad.predict FOLDER/ manifest.csv --checkpoint RUN_DIR/best.pt --csv predictions.csv
+        [--subject-pattern '^(OAS1_\\d+)']
+
+Inputs are image files, volumes, folders (every image and NIfTI file under them, sorted; a folder
+holding one DICOM series is a volume) and CSV manifests (``path[,subject][,label]``, paths
+relative to the manifest). ``--csv`` writes one row per image (``level`` image; a volume's slices
+as ``level`` slice) with its class probabilities, then one row per subject (``level`` subject,
+the mean of its images' probabilities) when the manifest, the volume or ``--subject-pattern``
+(a regex on the file name; its first group, or the group named ``subject``, is the subject) gives
+one.
 
 A volume (NIfTI file, DICOM file or a folder holding one DICOM series) is cut into
 slices as the checkpoint's config says (slice_axis, slices, intensity_percentiles);
@@ -17,7 +27,10 @@ if any image failed, else 0.
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,7 +39,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from simclr_ad import augment, checkpoint, data, evaluate, gradcam, volume_data, volumes
+from simclr_ad import augment, checkpoint, clinical, data, evaluate, fileio, gradcam, volume_data, volumes
 from simclr_ad.checkpoint import CheckpointError
 from simclr_ad.errors import UserError, friendly_errors
 from simclr_ad.models import Classifier, build_classifier
@@ -159,10 +172,88 @@ def _predict_volumes(model: Classifier, info: dict[str, Any], paths: Sequence[st
     return results
 
 
+def expand_inputs(inputs: Sequence[str], subject_pattern: str | None = None) -> tuple[list[str], dict[str, dict]]:
+    """Files, volumes, folders and manifests -> input paths, and per path what is known (subject, label)."""
+    paths: list[str] = []
+    known: dict[str, dict] = {}
+    for given in inputs:
+        path = Path(given)
+        if path.is_file() and path.suffix.lower() == ".csv":
+            with open(path, newline="", encoding="utf-8") as handle:
+                rows = list(csv.DictReader(handle))
+            if rows and "path" not in rows[0]:
+                raise UserError(f"manifest {path} needs a 'path' column (and optionally subject, label)")
+            for row in rows:
+                entry = str(path.parent / row["path"])
+                paths.append(entry)
+                known[entry] = {k: row[k] for k in ("subject", "label") if row.get(k)}
+        elif path.is_dir() and not volumes.is_volume_path(path):
+            found = sorted(str(p) for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
+                           and (p.suffix.lower() in data.IMAGE_EXTENSIONS or volumes.is_nifti_name(p)))
+            if not found:
+                raise UserError(f"no images found under {path} (expected {'/'.join(data.IMAGE_EXTENSIONS)} or NIfTI)")
+            paths += found
+        else:
+            paths.append(given)
+    if subject_pattern:
+        pattern = re.compile(subject_pattern)
+        for entry in paths:
+            match = pattern.search(Path(entry).name)
+            if match and "subject" not in known.get(entry, {}):
+                known.setdefault(entry, {})["subject"] = match.groupdict().get("subject") or match.group(
+                    1 if pattern.groups else 0)
+    return paths, known
+
+
+def predictions_csv(results: Sequence[dict[str, Any]], known: dict[str, dict], classes: list[str]) -> str:
+    """The ``--csv`` table: per image (or volume slice) its probabilities, then per known subject the mean."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["level", "path", "subject", "label", "predicted", *[f"p_{c}" for c in classes]])
+    rows, subjects = [], []
+    for result in results:
+        if "error" in result:
+            continue
+        info = known.get(result["path"], {})
+        subject = result.get("subject") or info.get("subject", "")
+        entries = [(f"{result['path']}#{s['slice']}", "slice", s) for s in result["slices"]] if "slices" in result \
+            else [(result["path"], "image", result)]
+        for path, level, entry in entries:
+            probabilities = [entry["probabilities"][c] for c in classes]
+            rows.append([level, path, subject, info.get("label", ""), entry["predicted"], *probabilities])
+            subjects.append(subject)
+    for row in rows:
+        writer.writerow([*row[:5], *[f"{v:.6f}" for v in row[5:]]])
+    named = [k for k, s in enumerate(subjects) if s]
+    if named:
+        probabilities = np.array([rows[k][5:] for k in named], dtype=np.float64)
+        names, _, means = clinical.subject_probabilities(probabilities, np.zeros(len(named), dtype=np.int64),
+                                                         [subjects[k] for k in named])
+        labels = {subjects[k]: rows[k][3] for k in named}
+        for name, mean in zip(names, means):
+            writer.writerow(["subject", "", name, labels[name], classes[int(mean.argmax())], *[f"{v:.6f}" for v in mean]])
+    return buffer.getvalue()
+
+
+def _save_overlays(model: Classifier, info: dict[str, Any], inputs: torch.Tensor, predicted: np.ndarray,
+                   paths: Sequence[str], order: Sequence[int], results: list[dict[str, Any]], out: str) -> None:
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cams = gradcam.compute_cams(model, info["arch"], inputs, predicted, info["cam_layer"])
+    names = _overlay_names(paths)
+    for row, i in enumerate(order):
+        target = out_dir / names[i]
+        Image.fromarray(gradcam.overlay(gradcam.display_image(inputs[row]), cams[row])).save(target)
+        results[i]["gradcam"] = str(target)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m simclr_ad.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("images", nargs="+", help="image files (.png/.jpg/...)")
+    parser.add_argument("images", nargs="+", help="image files (.png/.jpg/...), volumes, folders or manifest CSVs")
+    parser.add_argument("--csv", metavar="OUT.csv", help="write per-image and per-subject probabilities here")
+    parser.add_argument("--subject-pattern", metavar="REGEX",
+                        help="the subject of a file: this regex's first (or 'subject') group on its name")
     parser.add_argument("--checkpoint", required=True, help="RUN_DIR/best.pt of a finetune run")
     parser.add_argument("--gradcam", metavar="OUT_DIR", help="save a Grad-CAM overlay PNG per image here")
     parser.add_argument("--json", action="store_true", help="print one JSON list instead of text")
@@ -185,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--gradcam {args.gradcam} is a file; give a directory for the overlay PNGs")
     model, info = load_classifier(args.checkpoint)
     classes, size = info["classes"], info["image_size"]
-    inputs_given = args.images
+    inputs_given, known = expand_inputs(args.images, args.subject_pattern)
     volume_results = _predict_volumes(model, info, inputs_given, args.gradcam)
     args.images = [p for i, p in enumerate(inputs_given) if i not in volume_results]
     decoded, failed = _decode_all(args.images, size)
@@ -206,14 +297,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---------------------------------------------------------------- Grad-CAM overlays
     if args.gradcam and order:
-        out_dir = Path(args.gradcam)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        cams = gradcam.compute_cams(model, info["arch"], inputs, predicted, info["cam_layer"])
-        names = _overlay_names(args.images)
-        for row, i in enumerate(order):
-            target = out_dir / names[i]
-            Image.fromarray(gradcam.overlay(gradcam.display_image(inputs[row]), cams[row])).save(target)
-            results[i]["gradcam"] = str(target)
+        _save_overlays(model, info, inputs, predicted, args.images, order, results, args.gradcam)
 
     # ---------------------------------------------------------------- two-stage: segment the detected tumours
     if args.segment_checkpoint and order:
@@ -227,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     # ---------------------------------------------------------------- report
     image_results = iter(results)
     results = [volume_results[i] if i in volume_results else next(image_results) for i in range(len(inputs_given))]
+    if args.csv:
+        fileio.atomic_write_text(Path(args.csv), predictions_csv(results, known, classes))
     if args.json:
         print(json.dumps(results, indent=2))
     else:

@@ -32,10 +32,10 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from simclr_ad import evaluate, plots, runtime
+from simclr_ad import clinical, comparison, evaluate, plots
 from simclr_ad.ablation import write_ablation
 from simclr_ad.camstudy import CamStudy, gradcam_study
-from simclr_ad.document import Document
+from simclr_ad.document import Document, write_run_md
 from simclr_ad.errors import friendly_errors
 from simclr_ad.fileio import atomic_write_bytes, atomic_write_text
 from simclr_ad.runlog import read_records
@@ -46,6 +46,8 @@ __all__ = ["ReportError", "find_runs", "mean_std_ci95", "summarise", "consistenc
            "build_document", "main", "run"]
 
 SUBJECT_METRICS = tuple(f"subject_{m}" for m in METRICS)
+CLINICAL_METRICS = tuple(f"{level}{m}" for level in ("", "subject_") for m in
+                         ("auroc", "ece", "sensitivity", "specificity", "threshold_balanced_accuracy"))
 METRIC_TITLES = {"balanced_accuracy": "Balanced accuracy", "accuracy": "Accuracy", "macro_f1": "Macro-F1"}
 REFERENCE_MODE = plots.REFERENCE_MODE  # the mode of simclr_ad.baselines' runs
 SETTING_KEYS = ("arch", "image_size", "epochs", "task", "data", "pretrain_on", "encoder_sha256")  # agree within a cell
@@ -56,7 +58,8 @@ SETTING_KEYS = ("arch", "image_size", "epochs", "task", "data", "pretrain_on", "
 
 def summary_columns() -> list[str]:
     return ["protocol", "init", "mode", "label_frac", "n_seeds",
-            *[f"{m}_{s}" for m in (*METRICS, *SUBJECT_METRICS, "val_balanced_accuracy") for s in ("mean", "std", "ci95")],
+            *[f"{m}_{s}" for m in (*METRICS, *SUBJECT_METRICS, "val_balanced_accuracy", *CLINICAL_METRICS)
+              for s in ("mean", "std", "ci95")], "n_train", "n_train_subjects",
             *[f"chance_{m}" for m in (*METRICS, *SUBJECT_METRICS)]]
 
 
@@ -90,12 +93,16 @@ def summarise(runs: Iterable[Run]) -> list[dict[str, Any]]:
     for (protocol, init, mode, frac), members in _cells(r for r in runs if r.complete).items():
         row: dict[str, Any] = {"protocol": protocol, "init": init, "mode": mode, "label_frac": frac,
                                "n_seeds": len(members)}
-        for metric in (*METRICS, *SUBJECT_METRICS, "val_balanced_accuracy"):
+        for metric in (*METRICS, *SUBJECT_METRICS, "val_balanced_accuracy", *CLINICAL_METRICS):
             values = [float(r.metrics[metric]) for r in members if isinstance(r.metrics.get(metric), (int, float))]
             mean, std, ci = mean_std_ci95(values) if values else ("", "", "")
             row.update({f"{metric}_mean": mean, f"{metric}_std": std, f"{metric}_ci95": "" if ci is None else ci})
         row.update({f"chance_{m}": "" for m in (*METRICS, *SUBJECT_METRICS)})
-        row.update(chance_of(members[0]))  # one split per protocol: every member has the same test set
+        chances = [chance_of(r) for r in members]  # one test split per fold: the mean over the members'
+        row.update({k: float(np.mean([c[k] for c in chances if k in c])) for k in chances[0]})
+        for key in ("n_train", "n_train_subjects"):  # they differ between folds: shown as a range
+            values = sorted({int(r.get(key)) for r in members if r.get(key) is not None})
+            row[key] = "" if not values else str(values[0]) if len(values) == 1 else f"{values[0]}-{values[-1]}"
         rows.append(row)
     return rows
 
@@ -117,9 +124,9 @@ def consistency_warnings(runs: Sequence[Run]) -> list[str]:
             values = sorted({str(r.get(key)) for r in members})
             if len(values) > 1:
                 notes.append(f"{cell} mixes {key} = {', '.join(values)}")
-        repeated = sorted(s for s, n in Counter(r.seed for r in members).items() if n > 1)
+        repeated = sorted(s for s, n in Counter((r.seed, r.get("fold")) for r in members).items() if n > 1)
         if repeated:
-            notes.append(f"{cell} counts seed(s) {repeated} more than once (same run in two --runs dirs?)")
+            notes.append(f"{cell} counts (seed, fold) {repeated} more than once (same run in two --runs dirs?)")
     return notes
 
 
@@ -135,11 +142,11 @@ def arm_tag(init: str, mode: str) -> str:
 
 
 def confusion_figures(runs: Sequence[Run]) -> dict[str, bytes]:
-    """confusion_<arm>_<frac>[_<protocol>].png: the SUM of the seeds' test confusion matrices.
+    """confusion_<arm>_<frac>[_<protocol>].png: the SUM of the runs' test confusion matrices, in clinical order.
 
-    Every seed of a cell is scored on the same test split, so the summed counts are
-    n_seeds x the test set, and the sum's row-normalised panel equals the mean of the
-    seeds' per-class recalls. (_<protocol> is added only when several protocols exist.)
+    Every seed of a cell is scored on the same test split (with folds: each subject once per seed), so
+    the summed counts are n_seeds x the test set, and the sum's row-normalised panel equals the mean of
+    the seeds' per-class recalls. (_<protocol> is added only when several protocols exist.)
     """
     complete = [r for r in runs if r.complete and not is_reference(r.mode)]  # baselines: see their tables
     several = len({r.protocol for r in complete}) > 1
@@ -150,7 +157,9 @@ def confusion_figures(runs: Sequence[Run]) -> dict[str, bytes]:
         usable = [r for r in usable if r.metrics.get("classes") == classes]
         if not usable or not classes:
             continue
-        total = np.sum([np.asarray(r.metrics["confusion_matrix"], dtype=np.int64) for r in usable], axis=0)
+        total, classes = clinical.reorder_confusion(  # clinical order, e.g. Non -> Very mild -> Mild -> Moderate
+            np.sum([np.asarray(r.metrics["confusion_matrix"], dtype=np.int64) for r in usable], axis=0), classes,
+            usable[0].config.get("class_order") or ())
         name = f"confusion_{arm_tag(init, mode)}_{frac:g}" + (f"_{_safe(protocol)}" if several else "") + ".png"
         title = (f"{plots.arm_label(init, mode)}, {plots.percent_labels(frac)} labels, {protocol}: test confusion, "
                  f"sum over {len(usable)} seed(s)")
@@ -232,7 +241,7 @@ def _results_tables(doc: Document, rows: Sequence[dict]) -> None:
                 cells = [by_cell.get((*a, frac)) for a in arms]
                 ref = best_reference(mine, frac)
                 any_row = next((r for r in mine if math.isclose(float(r["label_frac"]), frac)), {})
-                line = [plots.percent_labels(frac)]
+                line = [f"{plots.percent_labels(frac)} ({_budget(any_row)})"]
                 for level in levels:
                     line += [percent(c[f"{level}{metric}_mean"], c[f"{level}{metric}_ci95"], c["n_seeds"], n_full)
                              if c else "–" for c in cells]
@@ -242,6 +251,12 @@ def _results_tables(doc: Document, rows: Sequence[dict]) -> None:
                 table.append(line)
             doc.table(header, table)
         _reference_table(doc, mine, protocol)
+
+
+def _budget(row: dict) -> str:
+    """'n subj. / n slices' labelled, leaving out what the cell's runs did not record (counts differ between folds)."""
+    parts = [f"{row[key]} {unit}" for key, unit in (("n_train_subjects", "subj."), ("n_train", "slices")) if row.get(key)]
+    return " / ".join(parts) or "count unknown"
 
 
 def _reference_table(doc: Document, rows: Sequence[dict], protocol: str) -> None:
@@ -295,8 +310,8 @@ def _inflation_tables(doc: Document, rows: Sequence[dict]) -> None:
 def _protocol_table(doc: Document, runs: Sequence[Run]) -> None:
     complete = [r for r in runs if r.complete]
     protocols = sorted({r.protocol for r in complete}, key=lambda p: sort_key(p, "", ""))
-    keys = ("group_by", "split_seed", "pretrain_on", "arch", "image_size", "epochs", "task", "git_sha", "data",
-            "n_train")
+    keys = ("group_by", "split_seed", "n_folds", "pretrain_on", "arch", "image_size", "epochs", "task", "git_sha",
+            "data", "label_unit", "n_train", "n_train_subjects")
     table = []
     for key in keys:
         line = [key]
@@ -353,7 +368,7 @@ def _gradcam_part(doc: Document, study: CamStudy) -> None:
 
 
 def build_document(runs: Sequence[Run], rows: Sequence[dict], figures: dict[str, bytes], study: CamStudy,
-                   roots: Sequence[str]) -> Document:
+                   roots: Sequence[str], clinical_study: comparison.ClinicalStudy | None = None) -> Document:
     doc = Document(figures)
     missing = [r for r in runs if not r.complete]
     doc.heading(1, "simclr_ad fine-tuning report")
@@ -363,8 +378,11 @@ def build_document(runs: Sequence[Run], rows: Sequence[dict], figures: dict[str,
              "selected on validation balanced accuracy.")
     doc.heading(2, "Protocol")
     _protocol_table(doc, runs)
+    clinical_study = clinical_study or comparison.ClinicalStudy()
+    comparison.headline_part(doc, clinical_study)
     doc.heading(2, "Results")
     _results_tables(doc, rows)
+    comparison.clinical_part(doc, clinical_study)
     doc.heading(2, "Split inflation")
     _inflation_tables(doc, rows)
     doc.heading(2, "Figures")
@@ -394,28 +412,6 @@ def pretrain_curve(run_dir: Path, dest: Path) -> bytes | None:
         return None
     copy_pretrain_records(run_dir, dest)
     return plots.png_bytes(plots.pretrain_curve_figure(read_records(log)))
-
-
-def write_run_md(stages_tsv: Path, out: Path) -> None:
-    """RUN.md from a stage log (name, status, seconds, git SHA, command per line) plus the machine."""
-    import os
-    import platform
-
-    rows = [line.split("\t", 4) for line in stages_tsv.read_text().splitlines() if line.strip()]
-    total = sum(int(r[2]) for r in rows if len(r) == 5 and r[2].isdigit())
-    lines = ["# How these results were made", "",
-             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, CPU class {runtime.host_class()} "
-             f"({runtime.cpu_model() or 'model unknown'}), {platform.platform()}, "
-             f"Python {platform.python_version()}, torch {torch.__version__}. "
-             f"{'GPU: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'No GPU'}.", "",
-             f"Total wall time of the logged sittings: {total / 3600:.2f} h.", "",
-             "| stage | status | wall time | git SHA | exact command |", "|---|---|---|---|---|"]
-    for row in rows:
-        if len(row) == 5:
-            name, status, seconds, sha, command = row
-            took = f"{int(seconds) / 60:.1f} min" if seconds.isdigit() else seconds  # e.g. a stage still running
-            lines.append(f"| {name} | {status} | {took} | {sha} | `{command}` |")
-    atomic_write_text(out, "\n".join(lines) + "\n")
 
 
 # --------------------------------------------------------------------------- entry point
@@ -490,13 +486,17 @@ def write_report(roots: list[str], out: Path, gradcam_per_class: int, no_gradcam
     if curve:
         figures["pretrain_curve.png"] = curve
     figures.update(confusion_figures(runs))
+    clinical_study = comparison.clinical_study(runs)
+    figures.update(clinical_study.figures)
+    if clinical_study.subjects_csv:
+        atomic_write_text(out / "subjects.csv", clinical_study.subjects_csv)
     study = CamStudy(notes=["skipped (--no-gradcam)"]) if no_gradcam else gradcam_study(runs, gradcam_per_class)
     figures.update(study.figures)
     for name, png in figures.items():
         atomic_write_bytes(out / name, png)
 
     # ---------------------------------------------------------------- report
-    doc = build_document(runs, rows, figures, study, roots)
+    doc = build_document(runs, rows, figures, study, roots, clinical_study)
     if curve:
         doc.heading(2, "Pretraining")
         doc.figure("pretrain_curve.png", f"SimCLR loss and kNN monitor of {pretrain}")

@@ -30,13 +30,15 @@ import yaml
 from simclr_ad import fileio, splits
 from simclr_ad.config import config_to_dict, write_config
 from simclr_ad.errors import UserError
-from simclr_ad.runs import IDENTITY_FILE, LAUNCH_KEYS, RUN_RECORDS, STATE_FILES, clear, read_config
+from simclr_ad.runs import IDENTITY_FILE, LAUNCH_KEYS, PREDATED_DEFAULTS, RUN_RECORDS, STATE_FILES, clear, read_config
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 LOCK_FILE = ".lock"
 IDENTITY_KEYS = ("splits_sha256", "encoder_sha256", "init_sha256")
 SPLIT_KEYS = ("train", "val", "test", "groups", "train_rank", "fractions", "classes", "group_by", "seed")
+# keys newer split files add: hashed when present, so older files keep the digest their runs recorded
+OPTIONAL_SPLIT_KEYS = ("train_subject_rank", "fold", "n_folds")
 
 
 class RunDirError(UserError):
@@ -56,9 +58,13 @@ def differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> dict[str, t
     return {k: (recorded[k], wanted[k]) for k in sorted(wanted) if k in recorded and recorded[k] != wanted[k]}
 
 
-def split_digest(split: dict[str, Any]) -> str:
-    """SHA-256 of what a split decides (paths per split, groups, label subsets), not of its bytes."""
+def split_digest(split: dict[str, Any], optional: bool = True) -> str:
+    """SHA-256 of what a split decides (paths per split, groups, label subsets), not of its bytes.
+
+    ``optional`` False leaves out the keys newer split files add (OPTIONAL_SPLIT_KEYS).
+    """
     kept = {k: split.get(k) for k in SPLIT_KEYS}
+    kept.update({k: split[k] for k in OPTIONAL_SPLIT_KEYS if optional and split.get(k) is not None})
     return hashlib.sha256(json.dumps(kept, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogateescape")
                           ).hexdigest()
 
@@ -107,7 +113,7 @@ def decide(run_dir: Path, cfg: Any) -> str:
         raise RunDirError(f"{run_dir} holds {made[0]} but no readable config.yaml saying how it was made; "
                           "pass --overwrite to start afresh, or use another --out")
     wanted = comparable(config_to_dict(cfg))
-    diffs = differences(comparable(recorded), wanted)
+    diffs = differences({**PREDATED_DEFAULTS, **comparable(recorded)}, wanted)
     known = _read_json(run_dir / IDENTITY_FILE)  # None in run dirs made before it existed
     if known is not None:
         now = identity(cfg)
@@ -162,8 +168,8 @@ def write_split(split: dict[str, Any], path: Path, overwrite: bool = False) -> N
     """Write a sweep's split file, unless one exists that decides otherwise: its cells trained on it."""
     if path.is_file() and not overwrite:
         old = _read_json(path)
-        if old is not None and split_digest(old) == split_digest(split):
-            return
+        if old is not None and split_digest(old, optional=False) == split_digest(split, optional=False):
+            return  # the same split; one written before subject ranks were stored keeps its derived ones
         def show(s: dict | None) -> str:
             if s is None:
                 return "unreadable"

@@ -36,12 +36,16 @@ BEST_CHECKPOINT = "best.pt"
 ENCODER_FILE = "encoder.pt"
 LEGACY_CHECKPOINTS = ("checkpoints/last.pt",)  # where run dirs of older versions keep last.pt
 STATE_FILES = (LAST_CHECKPOINT, BEST_CHECKPOINT, *LEGACY_CHECKPOINTS, ENCODER_FILE, METRICS_FILE)  # a run made these
-RUN_RECORDS = (CONFIG_FILE, IDENTITY_FILE, "metrics.jsonl", METRICS_FILE, "predictions.csv")
+PREDICTION_FILES = ("predictions.csv", "val_predictions.csv")  # test and validation probabilities per image
+RUN_RECORDS = (CONFIG_FILE, IDENTITY_FILE, "metrics.jsonl", METRICS_FILE, *PREDICTION_FILES)
 # a run's small record files, never checkpoints; metrics.json last, as it marks a run complete
 RECORD_FILES = (CONFIG_FILE, "metrics.jsonl", METRICS_FILE)
 # keys that say how a run was launched or which grid it belonged to, not what it computed
 LAUNCH_KEYS = frozenset({"out", "progress", "num_threads", "cache_dir", "splits", "encoder", "restore_from",
-                         "sweep", "fractions", "inits", "modes", "seeds", "overwrite", "checkpoint_every_steps"})
+                         "sweep", "fractions", "inits", "modes", "seeds", "overwrite", "checkpoint_every_steps",
+                         "class_order"})
+# what a key meant in runs recorded before it existed: label budgets counted slices then
+PREDATED_DEFAULTS = {"label_unit": "slice", "label_subjects": 0}
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 PROTOCOL_ORDER = ("subject", "auto", "default", "image")  # grouped protocols first: they are the honest ones
 INIT_ORDER = ("simclr", "imagenet", "random")
@@ -72,12 +76,17 @@ def remove_legacy_checkpoints(run_dir: Path) -> None:
             pass
 
 
+def _load_config(run_dir: Path) -> tuple[Any, str | None]:
+    """A run's config.yaml as parsed, or (None, why it could not be read)."""
+    try:
+        return yaml.safe_load((Path(run_dir) / CONFIG_FILE).read_text(encoding="utf-8")), None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        return None, f"config.yaml unreadable ({type(err).__name__})"
+
+
 def read_config(run_dir: Path) -> dict[str, Any] | None:
     """A run's config.yaml as a dict; None when it is absent, unreadable or not a mapping."""
-    try:
-        value = yaml.safe_load((Path(run_dir) / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return None
+    value, _ = _load_config(run_dir)
     return value if isinstance(value, dict) else None
 
 
@@ -146,10 +155,9 @@ def read_metrics(path: Path) -> tuple[dict | None, str | None]:
 
 def read_run(run_dir: Path) -> Run | None:
     """The run in ``run_dir``, or None when its config.yaml is not a single fine-tune run's."""
-    try:
-        config = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
-    except (OSError, yaml.YAMLError) as err:
-        return Run(run_dir, {}, problem=f"config.yaml unreadable ({type(err).__name__})")
+    config, problem = _load_config(run_dir)
+    if problem:
+        return Run(run_dir, {}, problem=problem)
     if not isinstance(config, dict) or "label_frac" not in config or config.get("sweep") is True:
         return None
     if not (run_dir / "metrics.json").is_file():
@@ -170,8 +178,9 @@ def _records_key(run_dir: Path) -> bytes:
 
 
 def _originality(run_dir: Path) -> tuple[bool, int]:
-    """Originals hold predictions and checkpoints; copies only records, nested deeper (REPORT/runs/...)."""
-    return (run_dir / "predictions.csv").is_file() or (run_dir / "best.pt").is_file(), -len(run_dir.resolve().parts)
+    """Originals hold checkpoints; copies only records and predictions, nested deeper (REPORT/runs/...)."""
+    return ((run_dir / BEST_CHECKPOINT).is_file(), (run_dir / "predictions.csv").is_file(),
+            -len(run_dir.resolve().parts))
 
 
 def find_runs(roots: Sequence[str | Path]) -> list[Run]:
@@ -215,13 +224,13 @@ def sort_key(protocol: str, init: str, mode: str, frac: float = 0.0) -> tuple:
 # --------------------------------------------------------------------------- copying and restoring records
 
 def copy_run_records(runs: Sequence[Run], roots: Sequence[str], dest: Path) -> None:
-    """Copy each run's small record files (never checkpoints) to ``dest/<path under its root>``."""
+    """Copy each run's small record files and predictions (never checkpoints) to ``dest/<path under its root>``."""
     resolved = [Path(r).resolve() for r in roots]
     for run in runs:
         here = run.path.resolve()
         root = next((r for r in resolved if r == here or r in here.parents), here.parent)
         prefix = Path(root.name) if len(resolved) > 1 else Path()
-        for name in RECORD_FILES:
+        for name in (*PREDICTION_FILES, *RECORD_FILES):  # metrics.json last, as it marks the copy complete
             if (run.path / name).is_file():
                 atomic_write_bytes(dest / prefix / here.relative_to(root) / name, (run.path / name).read_bytes())
 
@@ -249,12 +258,14 @@ def restore_cell(cfg: FinetuneConfig, record_dir: Path) -> bool:
         return False
     wanted = yaml.safe_load(yaml.safe_dump(config_to_dict(cfg)))
     split = json.loads(Path(cfg.splits).read_text()) if cfg.splits else {}
+    recorded = {**{k: v for k, v in PREDATED_DEFAULTS.items() if k in wanted}, **recorded}
     same = (all(recorded.get(key, wanted[key]) == wanted[key] for key in wanted if key not in LAUNCH_KEYS)
-            and (split.get("group_by"), split.get("seed")) == (metrics.get("group_by"), metrics.get("split_seed"))
+            and (split.get("group_by"), split.get("seed"), split.get("fold"))
+            == (metrics.get("group_by"), metrics.get("split_seed"), metrics.get("fold"))
             and (cfg.init != "simclr" or metrics.get("encoder_sha256") == file_sha256(cfg.encoder)))
     if same:
         clear(Path(cfg.out))  # a half-run of this cell must not sit next to the restored records
-        for name in RECORD_FILES:
+        for name in (*PREDICTION_FILES, *RECORD_FILES):
             if (record_dir / name).is_file():
                 atomic_write_bytes(Path(cfg.out) / name, (record_dir / name).read_bytes())
     return same

@@ -29,8 +29,15 @@ Pre-split layouts (``ROOT/{train,val,test}``) keep their given train and test
 (and val when present); without a val folder, val is carved out of train by
 whole groups. The audit then tells whether the given split leaks.
 
-Near-duplicate features and subject inference live in grouping.py; the command line
-(``python -m simclr_ad.data split|audit``) in data_cli.py.
+Label budgets count subjects by default on a grouped split (``label_unit`` subject): a fraction
+labels that share of each class's training subjects (at least one), with all their slices, taken
+from a seeded per-class subject ranking (``train_subject_rank``), so budgets nest and every arm and
+seed sees the same subjects. ``slice`` keeps the per-image ranking (``train_rank``). Split files
+written before subject ranks existed get one derived from ``train_rank`` (subjects in the order
+their first image appears there), so they stay readable and deterministic.
+
+Near-duplicate features and subject inference live in grouping.py; grouped k-fold splits in
+folds.py; the command line (``python -m simclr_ad.data split|audit``) in data_cli.py.
 """
 from __future__ import annotations
 
@@ -158,7 +165,7 @@ def _fraction_key(fraction: float) -> str:
 
 
 def _take(fraction: float, ranked: Sequence[str]) -> list[str]:
-    """The top ceil(fraction x n) (at least 1) of one class's ranked train images."""
+    """The top ceil(fraction x n) (at least 1) of one class's ranked train images or subjects."""
     if not ranked:
         return []
     count = max(1, math.ceil(round(fraction * len(ranked), 9)))
@@ -182,12 +189,78 @@ def _check_fraction(fraction) -> float:
     return value
 
 
-def label_subset(splits: dict, fraction: float) -> list[str]:
-    """Train paths labelled at ``fraction`` of the training split: stratified, >= 1 per class, nested.
+LABEL_UNITS = ("auto", "subject", "slice")
 
-    Stored fractions are returned as stored; any other fraction in (0, 1] is taken from the
-    same per-class ranking (``train_rank``), so every subset nests with every other.
+
+def resolve_label_unit(unit: str, group_by: str) -> str:
+    """``auto``: subjects on a grouped split (a diagnosis is per patient), slices on an image split."""
+    if unit not in LABEL_UNITS:
+        raise DataError(f"label unit {unit!r} must be one of {', '.join(LABEL_UNITS)}")
+    if unit != "auto":
+        return unit
+    return "slice" if group_by == "image" else "subject"
+
+
+def label_unit_for(cfg) -> str:
+    """The resolved label unit of a fine-tune config: its split file's protocol decides ``auto``."""
+    group_by = read_splits(cfg.splits)["group_by"] if cfg.splits and Path(cfg.splits).is_file() else cfg.group_by
+    return resolve_label_unit(cfg.label_unit, group_by)
+
+
+def subject_rank(splits: dict) -> dict[str, list[str]]:
+    """Per class, the training subjects (groups) in their seeded budget order.
+
+    Stored as ``train_subject_rank``; a split file that predates it gets the order in which each
+    subject's first image appears in ``train_rank`` (a subject counts for its majority class there).
     """
+    if splits.get("train_subject_rank") is not None:
+        return splits["train_subject_rank"]
+    votes: dict[str, Counter] = {}
+    first: dict[tuple[int, str], int] = {}  # (class, subject) -> position of its first image in that class's rank
+    for c, name in enumerate(splits["classes"]):
+        for k, path in enumerate(splits["train_rank"].get(name, [])):
+            group = str(splits["groups"][path])
+            votes.setdefault(group, Counter())[c] += 1
+            first.setdefault((c, group), k)
+    ranked: dict[str, list[tuple[int, str]]] = {name: [] for name in splits["classes"]}
+    for group, counts in votes.items():
+        c = max(counts, key=lambda k: (counts[k], -k))  # majority class; ties to the lower index
+        ranked[splits["classes"][c]].append((first[(c, group)], group))
+    return {name: [g for _, g in sorted(items)] for name, items in ranked.items()}
+
+
+def labelled_subjects(splits: dict, fraction: float, per_class: int = 0) -> list[str]:
+    """The training subjects labelled at ``fraction`` of each class's subjects (>= 1 per class that has
+    any), or at ``per_class`` subjects of each class when > 0; nested, seeded by the split."""
+    value = _check_fraction(fraction)
+    stored = (splits.get("subject_fractions") or {}).get(_fraction_key(value)) if per_class <= 0 else None
+    if stored is not None:
+        return list(stored)
+    chosen: list[str] = []
+    for name, ranked in subject_rank(splits).items():
+        chosen += list(ranked[:per_class]) if per_class > 0 else _take(value, ranked)
+    return sorted(chosen)
+
+
+def labelled_paths(splits: dict, cfg) -> list[str]:
+    """The labelled training paths of a fine-tune config (label_frac, label_unit, label_subjects)."""
+    unit = resolve_label_unit(cfg.label_unit, splits["group_by"])
+    return label_subset(splits, cfg.label_frac, unit, getattr(cfg, "label_subjects", 0))
+
+
+def label_subset(splits: dict, fraction: float, unit: str = "slice", per_class: int = 0) -> list[str]:
+    """Train paths labelled at ``fraction``: stratified, >= 1 per class, nested.
+
+    ``unit`` slice: that share of each class's training images. ``unit`` subject: every slice of
+    ``labelled_subjects`` (``per_class`` > 0: that many subjects per class). Stored fractions are
+    returned as stored; any other fraction in (0, 1] is taken from the same per-class ranking, so
+    every subset nests with every other.
+    """
+    if unit == "subject":
+        chosen = set(labelled_subjects(splits, fraction, per_class))
+        return [p for p in splits["train"] if str(splits["groups"][p]) in chosen]
+    if unit != "slice":
+        raise DataError(f"label unit {unit!r} must be subject or slice (resolve auto first)")
     value = _check_fraction(fraction)
     empty = [name for name in splits["classes"] if not splits["train_rank"].get(name)]
     if empty:
@@ -226,29 +299,44 @@ def make_splits(images: ImageSet, group_by: str = "default", val_frac: float = 0
     resolved = _resolve_group_by(images, group_by)
     group_ids, grouping = _group_ids(images, resolved)
     split_of, notes = _split_groups(images, group_ids, val_frac, test_frac, seed)
-    by_split = {s: sorted(p for p, t in zip(images.paths, split_of) if t == s) for s in SPLITS}
+    return build_split(images, split_of, group_ids, grouping, notes, seed, fractions,
+                       {"group_by": resolved, "group_by_requested": group_by, "val_frac": float(val_frac),
+                        "test_frac": float(test_frac)})
 
+
+def build_split(images: ImageSet, split_of: list[str], group_ids: list[str], grouping: Optional[dict],
+                notes: list[str], seed: int, fractions: Iterable[float], extra: dict) -> dict:
+    """The split file's object for a given train/val/test per image: label rankings (per image and per
+    subject, each from its own seeded stream), the stored fractions, counts and group statistics."""
+    by_split = {s: sorted(p for p, t in zip(images.paths, split_of) if t == s) for s in SPLITS}
     rng = np.random.default_rng([seed, 1])  # its own stream: the ranking does not move the split
     train_rank = {}
     for c, name in enumerate(images.classes):
         members = sorted(p for p, t, y in zip(images.paths, split_of, images.labels) if t == "train" and y == c)
         train_rank[name] = [members[k] for k in rng.permutation(len(members))]
-    splits = {"train": by_split["train"], "train_rank": train_rank, "classes": list(images.classes)}
+    subject_rng = np.random.default_rng([seed, 2])  # and the subject ranking its own
+    train_members: dict[str, list[int]] = {}
+    for k, (group, split) in enumerate(zip(group_ids, split_of)):
+        if split == "train":
+            train_members.setdefault(group, []).append(k)
+    subject_rank_ = {}
+    for c, name in enumerate(images.classes):
+        members = sorted(g for g, m in train_members.items() if _group_label(images.labels, m) == c)
+        subject_rank_[name] = [members[k] for k in subject_rng.permutation(len(members))]
+    splits = {"train": by_split["train"], "train_rank": train_rank, "classes": list(images.classes),
+              "groups": dict(zip(images.paths, group_ids)), "train_subject_rank": subject_rank_}
     fraction_values = sorted({_check_fraction(f) for f in fractions} | {1.0})
     image_counts, group_counts = _counts(images, split_of, group_ids)
     sizes = np.array(list(Counter(group_ids).values()))
     splits.update({
         "format": SPLIT_FORMAT,
         "layout": images.layout,
-        "group_by": resolved,
-        "group_by_requested": group_by,
         "seed": int(seed),
-        "val_frac": float(val_frac),
-        "test_frac": float(test_frac),
+        **extra,
         "val": by_split["val"],
         "test": by_split["test"],
-        "groups": dict(zip(images.paths, group_ids)),
         "fractions": {_fraction_key(f): _subset(splits, f) for f in fraction_values},
+        "subject_fractions": {_fraction_key(f): labelled_subjects(splits, f) for f in fraction_values},
         "counts": image_counts,
         "group_counts": group_counts,
         "group_stats": {"n_groups": int(len(sizes)), "min": int(sizes.min()), "median": float(np.median(sizes)),
@@ -316,6 +404,10 @@ def read_splits(path: str | Path) -> dict:
     ranked = [p for paths in splits["train_rank"].values() for p in paths]
     if sorted(ranked) != sorted(train):
         raise DataError(f"split file {path}: 'train_rank' does not rank exactly the training paths")
+    if splits.get("train_subject_rank") is not None:  # absent in older split files: derived (subject_rank)
+        ranked = sorted(g for groups in splits["train_subject_rank"].values() for g in groups)
+        if ranked != sorted({str(splits["groups"][p]) for p in train}):
+            raise DataError(f"split file {path}: 'train_subject_rank' does not rank exactly the training subjects")
     return splits
 
 

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from simclr_ad import volumes
-from simclr_ad.data import (CACHE_FORMAT, IMAGE_EXTENSIONS, SPLIT_NAMES, DataError, ImageSet, _class_dirs,
-                            _merge_class_names, _save_cache, class_key, default_cache_dir)
+from simclr_ad.imageset import (CACHE_FORMAT, IMAGE_EXTENSIONS, SPLIT_NAMES, DataError, ImageSet, class_dirs,
+                                class_key, default_cache_dir, merge_class_names, save_cache)
 from simclr_ad.volumes import VolumeError
 
 UNUSABLE = "unusable volume: "  # prefix of the skip reasons that --strict turns into an error
@@ -95,9 +95,9 @@ def is_volume_data(root: Path) -> bool:
         return _csv_names_volumes(root / "manifest.csv")
     if any(_is_entry(p) for p in root.iterdir()):
         return True
-    folders = _class_dirs(root)
+    folders = class_dirs(root)
     for folder in folders:
-        inner = _class_dirs(folder) if folder.name.lower() in SPLIT_NAMES else [folder]
+        inner = class_dirs(folder) if folder.name.lower() in SPLIT_NAMES else [folder]
         if any(_is_entry(p) for d in inner for p in d.iterdir()):
             return True
     return False
@@ -185,7 +185,7 @@ Item = tuple[str, str, Optional[str], Optional[str]]  # (source, label, split, s
 
 
 def _folder_items(root: Path) -> tuple[str, list[Item], list[tuple[str, str]]]:
-    subdirs = _class_dirs(root)
+    subdirs = class_dirs(root)
     split_dirs = {SPLIT_NAMES[d.name.lower()]: d for d in subdirs if d.name.lower() in SPLIT_NAMES}
     if split_dirs and ("train" not in split_dirs or "test" not in split_dirs):
         raise DataError(f"{root} looks pre-split but needs both train/ and test/ folders "
@@ -195,8 +195,8 @@ def _folder_items(root: Path) -> tuple[str, list[Item], list[tuple[str, str]]]:
     skipped: list[tuple[str, str]] = []
     classes_per_split = {}
     for split, folder in groups.items():
-        classes_per_split[split] = {class_key(d.name) for d in _class_dirs(folder)}
-        for class_dir in _class_dirs(folder):
+        classes_per_split[split] = {class_key(d.name) for d in class_dirs(folder)}
+        for class_dir in class_dirs(folder):
             sources, bad = _entries(class_dir, root)
             skipped += bad
             if not sources:
@@ -301,7 +301,7 @@ def scan(root: Path, slicing: Slicing | None = None, allow_absolute: bool = Fals
     if not paths:
         raise DataError(f"no usable volumes under {root}: "
                         + "; ".join(f"{p} ({r})" for p, r in skipped[:3]))
-    classes, key_to_idx = _merge_class_names(labels)
+    classes, key_to_idx = merge_class_names(labels)
     if len(classes) < 2:
         raise DataError(f"only one class ({classes[0]}) among the usable volumes under {root}; "
                         "a classifier needs at least two")
@@ -374,7 +374,7 @@ def decode(images: ImageSet, size: int, cache_dir: str | Path | None = None, str
                 arrays[row] = volumes.slice_image(norm, axis, index, volume.spacing, size)
                 plane = volumes.slice_plane(norm, axis, index)
                 ok[row], info[row] = True, ((plane.shape[1], plane.shape[0]), volume.dtype)
-        _save_cache(cache_file, arrays, ok, reasons, info)
+        save_cache(cache_file, arrays, ok, reasons, info)
     bad = [(images.paths[i], reasons[i]) for i in np.flatnonzero(~ok)]
     if bad and strict:
         raise DataError(f"{len(bad)} unreadable slice(s) (--strict): " + "; ".join(f"{p} ({r})" for p, r in bad[:5]))

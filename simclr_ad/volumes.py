@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from simclr_ad.data import DataError
+from simclr_ad.imageset import DataError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 DICOM_SUFFIXES = (".dcm", ".ima", ".dicom")

@@ -52,7 +52,7 @@ def _tiny_args(**changes):
 def test_finetune_loops_step_and_the_reference_reads_the_png_files_it_wrote(one_torch_thread):
     args = _tiny_args(stage="finetune", optimizer="adamw")
     images = bench._load_dataset(args)
-    reference, ours = bench._reference_finetune(args, images), bench._ours_finetune(args, images)
+    reference, ours = bench.bench_reference.finetune_loop(args, images), bench._ours_finetune(args, images)
     folder = Path(reference["tmp"].name)
     files = sorted(folder.rglob("*.png"))
     assert len(files) == 4 * args.batch_size and {f.parent.name for f in files} <= set(images.classes)

@@ -56,6 +56,9 @@ def test_arms_see_identical_label_subsets(arms):
     simclr, random = _metrics(arms["simclr"]), _metrics(arms["random"])
     assert simclr["train_subset_sha1"] == random["train_subset_sha1"]
     assert simclr["n_train"] == random["n_train"] >= 4
+    # a grouped split labels whole subjects by default (issue 20): the same ones in both arms
+    assert simclr["label_unit"] == random["label_unit"] == "subject"
+    assert simclr["n_train_subjects"] == random["n_train_subjects"] >= 1
 
 
 @pytest.mark.slow
@@ -92,7 +95,7 @@ def test_binary_task(tmp_path):
 @pytest.mark.parametrize("args,error,message", [
     (["--label-frac", "0"], ConfigError, "label_frac"),
     (["--label-frac", "1.5"], ConfigError, "label_frac"),
-    (["--label-frac", "0.0001"], UserError, "0.0001"),
+    (["--label-frac", "0.0001", "--label-unit", "slice"], UserError, "0.0001"),  # subject budgets: >= 1 per class
     (["--init", "simclr"], ModelError, "needs --encoder"),
     (["--positive-classes", "Nope", "--task", "binary"], UserError, "must match some but not all"),
 ])

@@ -105,3 +105,36 @@ def test_last_pt_is_refused_with_the_way_to_best_pt(tmp_path, images):
                     path)
     with pytest.raises(CheckpointError, match=r"training checkpoint \(last.pt\).*predict with .*best.pt"):
         predict.main([images[0], "--checkpoint", str(path)])
+
+
+# ----------------------------------------------------------------------------- issue 20: folders, manifests, CSV
+
+
+def test_folder_and_manifest_inputs_write_a_csv_with_subject_means(best_pt, tmp_path, capsys):
+    import csv
+
+    import numpy as np
+
+    folder = tmp_path / "scans"
+    for name in ("OAS1_0001_s01.png", "OAS1_0001_s02.png", "OAS1_0002_s01.png"):
+        write_png(folder / "sub" / name, seed=len(name) + ord(name[8]))
+    manifest = tmp_path / "m.csv"
+    write_png(tmp_path / "extra" / "x1.png", seed=7)
+    manifest.write_text("path,subject,label\nextra/x1.png,P9,Mild_Demented\n")
+    out = tmp_path / "pred.csv"
+    code = predict.main([str(folder), str(manifest), "--checkpoint", str(best_pt), "--csv", str(out),
+                         "--subject-pattern", r"^(OAS1_\d+)"])
+    assert code == 0
+    with open(out, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    images = [r for r in rows if r["level"] == "image"]
+    subjects = {r["subject"]: r for r in rows if r["level"] == "subject"}
+    assert len(images) == 4 and set(subjects) == {"OAS1_0001", "OAS1_0002", "P9"}
+    assert subjects["P9"]["label"] == "Mild_Demented"
+    first = [r for r in images if r["subject"] == "OAS1_0001"]
+    for c in CLASSES:  # a subject's probabilities are its images' mean
+        mean = np.mean([float(r[f"p_{c}"]) for r in first])
+        assert float(subjects["OAS1_0001"][f"p_{c}"]) == pytest.approx(mean, abs=2e-6)
+    with pytest.raises(Exception, match="no images found"):
+        (tmp_path / "empty").mkdir()
+        predict.main([str(tmp_path / "empty"), "--checkpoint", str(best_pt)])

@@ -145,7 +145,7 @@ CASES = [
     ("wrong-type", _yaml("epochs: many\n"), "'epochs' expects int"),
     ("negative-epochs", lambda t: ["--epochs", "-1"], "'epochs' must be >= 0"),
     ("batch-size-range", lambda t: ["--batch-size", "0"], "'batch_size' must be between"),
-    ("label-frac-too-small", lambda t: ["--label-frac", "0.001"], "0.001"),
+    ("label-frac-too-small", lambda t: ["--label-unit", "slice", "--label-frac", "0.001"], "0.001"),
     ("label-frac-out-of-range", lambda t: ["--label-frac", "2"], "label_frac"),
     ("out-is-a-file", _out_is_file, "is a file"),
     ("read-only-out", lambda t: ["--out", "/proc/simclr_ad_run"], "cannot write to run dir"),

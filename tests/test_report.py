@@ -100,8 +100,8 @@ def test_report_tables_csv_and_missing_runs(runs, tmp_path):
     assert image["subject_balanced_accuracy_mean"] == ""  # no groups at image level
 
     md = (out / "report.md").read_text()
-    assert "| 10% | 60.0 ± 24.8 | 45.0 ± 12.4 | 62.0 ± 24.8 | 47.0 ± 12.4 |" in md  # slice, then subject
-    assert "| 100% | 90.0 (1 seed) | – | 92.0 (1 seed) | – |" in md
+    assert "| 10% (10 slices) | 60.0 ± 24.8 | 45.0 ± 12.4 | 62.0 ± 24.8 | 47.0 ± 12.4 |" in md  # slice, then subject
+    assert "| 100% (10 slices) | 90.0 (1 seed) | – | 92.0 (1 seed) | – |" in md
     assert "+31.0" in md  # image-level 91.0 minus subject-level 60.0, simclr at 10%
     assert "git_sha" in md and "abc123" in md and "synthetic" in md
     missing = md.split("## Missing or partial runs", 1)[1]

@@ -210,7 +210,7 @@ def test_sweep_rerun_with_another_group_by_never_trains_on_its_test_set(tmp_path
     other = tmp_path / "other.json"  # the cell alone, pointed at another split file
     from simclr_ad import splits
     split = json.loads(split_bytes)
-    splits.write_splits({**split, "train": split["train"][1:], "test": split["test"] + split["train"][:1]}, other)
+    splits.write_splits({**split, "val": split["test"], "test": split["val"]}, other)  # valid, but another split
     with pytest.raises(rundir.RunDirError, match="splits_sha256"):
         finetune.main([*FT, "--out", str(cell), "--splits", str(other)])
 
@@ -273,7 +273,7 @@ def test_a_second_process_on_the_same_out_is_refused_and_a_stale_lock_taken_over
 
 def test_lock_is_released_when_the_run_fails(tmp_path):
     with pytest.raises(Exception):
-        finetune.main([*FT, "--out", str(tmp_path / "run"), "--label-frac", "0.0001"])
+        finetune.main([*FT, "--out", str(tmp_path / "run"), "--label-unit", "slice", "--label-frac", "0.0001"])
     assert not (tmp_path / "run" / ".lock").exists()
     fd = rundir.acquire(tmp_path / "run")  # free again
     rundir.release(fd, tmp_path / "run")

@@ -40,7 +40,9 @@ def test_old_pretrain_run_resumes(tmp_path):
 def test_old_finetune_run_resumes(tmp_path):
     run_dir = _copy("finetune", tmp_path)
     before = (run_dir / "metrics.jsonl").read_text().splitlines()
-    finetune.main([*COMMON, "--init", "random", "--epochs", "2", "--label-frac", "0.5", "--out", str(run_dir)])
+    # recorded before label budgets counted subjects: it resumes with the slice budget it was made with
+    finetune.main([*COMMON, "--init", "random", "--epochs", "2", "--label-frac", "0.5", "--label-unit", "slice",
+                   "--out", str(run_dir)])
     assert (run_dir / "metrics.jsonl").read_text().splitlines()[:1] == before and _epochs(run_dir) == [1, 2]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and metrics["best_epoch"] in (1, 2)
@@ -49,8 +51,8 @@ def test_old_finetune_run_resumes(tmp_path):
 @pytest.mark.slow
 def test_old_sweep_records_restore(tmp_path, capsys):
     root = finetune.main([*COMMON, "--sweep", "--fractions", "0.5", "--inits", "random", "--seeds", "0",
-                          "--epochs", "1", "--out", str(tmp_path / "sweep"),
-                          "--restore-from", str(FIXTURES / "sweep")])
+                          "--epochs", "1", "--out", str(tmp_path / "sweep"), "--label-unit", "slice",
+                          "--restore-from", str(FIXTURES / "sweep")])  # the records' budget counted slices
     assert "restored from" in capsys.readouterr().out
     cell = Path("random-finetune") / "frac0.5" / "seed0"
     for name in ("config.yaml", "metrics.jsonl", "metrics.json"):

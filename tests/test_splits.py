@@ -283,3 +283,64 @@ def test_cli_split_and_audit(tmp_path, capsys):
         data_cli.main(["split", "--out", str(tmp_path / "x.json")])
     with pytest.raises(DataError, match="--out"):
         data_cli.main(["split", *common])
+
+
+# --------------------------------------------------------------------------- subject budgets (issue 20)
+
+def _subjects_of(s: dict, paths) -> set:
+    return {s["groups"][p] for p in paths}
+
+
+def test_subject_budgets_nest_stratify_and_keep_whole_subjects(ph_splits):
+    s = ph_splits["subject"]
+    label_of = {g: name for name, ranked in splits.subject_rank(s).items() for g in ranked}
+    previous: set = set()
+    for fraction in (0.01, 0.1, 0.2, 0.5, 1.0):
+        paths = splits.label_subset(s, fraction, "subject")
+        chosen = _subjects_of(s, paths)
+        assert previous <= chosen  # nested
+        previous = chosen
+        assert set(paths) == {p for p in s["train"] if s["groups"][p] in chosen}  # all slices of a chosen subject
+        for name, ranked in splits.subject_rank(s).items():  # stratified: ceil(f x n), >= 1 per class with any
+            mine = [g for g in chosen if label_of[g] == name]
+            assert len(mine) == max(1, math.ceil(round(fraction * len(ranked), 9)))
+    assert previous == _subjects_of(s, s["train"])
+    assert splits.labelled_subjects(s, 0.1) == sorted(s["subject_fractions"]["0.1"])  # stored in the file
+
+
+def test_subject_budgets_are_seeded_and_absolute_budgets_count_per_class(ph):
+    images, _ = ph
+    a, b = splits.make_splits(images, "subject", seed=0), splits.make_splits(images, "subject", seed=0)
+    assert a["train_subject_rank"] == b["train_subject_rank"]
+    other = splits.make_splits(images, "subject", seed=0)
+    other_seed = splits.make_splits(images, "subject", seed=5)
+    assert other["train_subject_rank"] != other_seed["train_subject_rank"]
+    two = splits.labelled_subjects(a, 1.0, per_class=2)
+    ranks = splits.subject_rank(a)
+    assert sorted(two) == sorted(g for ranked in ranks.values() for g in ranked[:2])
+    assert set(splits.labelled_subjects(a, 1.0, per_class=1)) <= set(two)
+
+
+def test_old_split_files_without_subject_lists_still_load_with_a_derived_ranking(ph_splits, tmp_path):
+    s = {k: v for k, v in ph_splits["subject"].items() if k not in ("train_subject_rank", "subject_fractions")}
+    splits.write_splits(s, tmp_path / "old.json")
+    old = splits.read_splits(tmp_path / "old.json")
+    derived = splits.subject_rank(old)
+    for name, ranked in derived.items():  # each subject once, in the order its first image appears in train_rank
+        firsts = [s["groups"][p] for p in old["train_rank"][name]]
+        assert ranked == list(dict.fromkeys(firsts))
+    assert sorted(g for r in derived.values() for g in r) == sorted(_subjects_of(old, old["train"]))
+    assert splits.label_subset(old, 0.1, "slice") == ph_splits["subject"]["fractions"]["0.1"]  # slices: unchanged
+    assert splits.resolve_label_unit("auto", "image") == "slice" and splits.resolve_label_unit("auto", "auto") == "subject"
+
+
+def test_cli_split_reads_shared_keys_through_the_stage_config(tmp_path, capsys):
+    root = phantom.write_dataset(tmp_path / "ph", n=320, seed=0, size=32)
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("image_size: 32\nval_frac: 0.2\nfinetune:\n  epochs: 1\n")
+    data_cli.main(["split", "--config", str(yaml_file), "--data-dir", str(root), "--cache-dir", str(tmp_path / "c"),
+                   "--out", str(tmp_path / "a.json"), "--seed", "3"])  # --seed: the older name of --split-seed
+    made = splits.read_splits(tmp_path / "a.json")
+    assert made["seed"] == 3 and made["val_frac"] == 0.2
+    with pytest.raises(UserError, match="group_by"):
+        data_cli.main(["split", "--data-dir", str(root), "--out", str(tmp_path / "b.json"), "--group-by", "nope"])

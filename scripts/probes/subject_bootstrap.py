@@ -2,63 +2,49 @@
 
     python scripts/probes/subject_bootstrap.py OUT.json RUN_DIR [RUN_DIR ...]
 
-Each RUN_DIR holds a predictions.csv (path, group, true, pred, ...) of the same test split; the
-first is the reference arm. Slices of one subject are near-duplicates, so resampling slices
-would understate the spread: this draws test subjects with replacement, keeps all their
-slices, and recomputes slice-level balanced accuracy (over the classes present in the draw)
-for every run and the paired difference of every run against the first on the same draw.
-Writes the point estimates, the 2.5/97.5 percentiles and the share of draws with a positive
-difference. Until the report bootstraps over subjects itself (issue 20), this is how
-results/alzheimer_recipe puts an interval on its single-seed numbers.
+Each RUN_DIR holds a predictions.csv of the same test split; the first is the reference arm.
+A thin caller of the package: the draws are simclr_ad.stats.subject_draws (test subjects with
+replacement, all their slices), the statistic slice-level balanced accuracy of the most probable
+class, the difference to the first run simclr_ad.stats.paired_bootstrap on the same draws. The
+report does the same for every arm pair (simclr_ad/comparison.py); this stays for
+results/alzheimer_recipe, whose numbers it made (2000 draws, seed 0).
 """
-import csv
 import json
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score
+
+from simclr_ad.clinical import balanced_accuracy
+from simclr_ad.comparison import read_predictions
+from simclr_ad.stats import bootstrap, paired_bootstrap, subject_draws
 
 DRAWS, SEED = 2000, 0
-# a draw without some class predicted by a run is expected; balanced accuracy averages over true classes
-warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
-
-
-def read(run: Path) -> dict[str, tuple[str, str, str]]:
-    with open(run / "predictions.csv", newline="") as f:
-        return {row["path"]: (row["group"], row["true"], row["pred"]) for row in csv.DictReader(f)}
-
-
-def balanced(true: np.ndarray, pred: np.ndarray) -> float:
-    return float(balanced_accuracy_score(true, pred))
-
 
 out, runs = Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]]
-tables = [read(r) for r in runs]
-paths = sorted(tables[0])
-if any(sorted(t) != paths for t in tables[1:]):
+tables = []
+for run in runs:
+    paths, groups, true, probabilities, _ = read_predictions(run / "predictions.csv")
+    order = np.argsort(paths)
+    tables.append((np.asarray(paths)[order], np.asarray(groups)[order], true[order], probabilities[order].argmax(1)))
+if any(list(t[0]) != list(tables[0][0]) for t in tables[1:]):
     sys.exit("the runs were tested on different images")
-groups = np.array([tables[0][p][0] for p in paths])
-true = np.array([tables[0][p][1] for p in paths])
-preds = [np.array([t[p][2] for p in paths]) for t in tables]
-subjects = np.unique(groups)
-members = [np.flatnonzero(groups == s) for s in subjects]
-rng = np.random.default_rng(SEED)
-scores = np.empty((DRAWS, len(runs)))
-for d in range(DRAWS):
-    rows = np.concatenate([members[i] for i in rng.integers(0, len(subjects), len(subjects))])
-    scores[d] = [balanced(true[rows], p[rows]) for p in preds]
-result = {"draws": DRAWS, "seed": SEED, "n_test_images": len(paths), "n_test_subjects": int(len(subjects)),
+_, groups, true, _ = tables[0]
+draws = subject_draws(groups, DRAWS, SEED)
+
+
+def score(pred):
+    return lambda rows: balanced_accuracy(true[rows], pred[rows])
+
+
+result = {"draws": DRAWS, "seed": SEED, "n_test_images": len(true), "n_test_subjects": len(set(groups.tolist())),
           "runs": []}
-for j, run in enumerate(runs):
-    entry = {"run": str(run), "balanced_accuracy": balanced(true, preds[j]),
-             "ci95": [float(np.percentile(scores[:, j], 2.5)), float(np.percentile(scores[:, j], 97.5))]}
+for j, (run, table) in enumerate(zip(runs, tables)):
+    one = bootstrap(score(table[3]), len(true), draws)
+    entry = {"run": str(run), "balanced_accuracy": one["point"], "ci95": one["ci95"]}
     if j:
-        diff = scores[:, j] - scores[:, 0]
-        entry["minus_first"] = {"point": entry["balanced_accuracy"] - result["runs"][0]["balanced_accuracy"],
-                                "ci95": [float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))],
-                                "share_positive": float((diff > 0).mean())}
+        diff = paired_bootstrap(score(table[3]), score(tables[0][3]), len(true), draws)
+        entry["minus_first"] = {k: diff[k] for k in ("point", "ci95", "share_positive")}
     result["runs"].append(entry)
 out.write_text(json.dumps(result, indent=2) + "\n")
 for entry in result["runs"]:

@@ -1,0 +1,68 @@
+"""Pooling over folds, the clinical table and the paired comparison, on hand-made run dirs."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from simclr_ad import comparison, report
+from simclr_ad.config import FinetuneConfig, write_config
+from simclr_ad.finetune import write_predictions
+from simclr_ad.runs import find_runs
+
+CLASSES = ["Non_Demented", "Demented"]
+
+
+def make_fold_run(root: Path, init: str, fold: int, probabilities: np.ndarray, labels: np.ndarray,
+                  groups: list[str], seed: int = 0) -> Path:
+    run_dir = root / f"fold{fold}" / f"{init}-finetune" / "frac1" / f"seed{seed}"
+    run_dir.mkdir(parents=True)
+    write_config(FinetuneConfig(init=init, label_frac=1.0, seed=seed, arch="resnet18", task="binary"),
+                 run_dir / "config.yaml")
+    paths = [f"{g}/s{k}.png" for k, g in enumerate(groups)]
+    write_predictions(run_dir / "predictions.csv", paths, groups, labels, probabilities, CLASSES)
+    pred = probabilities.argmax(1)
+    metrics = {"accuracy": float((pred == labels).mean()), "balanced_accuracy": 0.5, "macro_f1": 0.5,
+               "init": init, "mode": "finetune", "label_frac": 1.0, "seed": seed, "fold": fold, "n_folds": 2,
+               "group_by": "subject", "classes": CLASSES, "task": "binary", "threshold": 0.5,
+               "subject_threshold": 0.5, "auroc": 0.6, "n_train": 40, "n_train_subjects": 4,
+               "confusion_matrix": [[1, 1], [1, 1]]}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    return run_dir
+
+
+@pytest.fixture
+def fold_runs(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "runs"
+    for fold in range(2):
+        groups = [f"f{fold}s{k // 3}" for k in range(18)]  # 6 subjects of 3 slices per fold
+        labels = np.array([k // 3 % 2 for k in range(18)])
+        p1 = np.clip(labels * 0.3 + rng.uniform(0.2, 0.6, 18), 0, 1)
+        make_fold_run(root, "random", fold, np.stack([1 - p1, p1], 1), labels, groups)
+        make_fold_run(root, "simclr", fold, np.stack([1 - p1, p1], 1), labels, groups)  # the same predictions
+    return root
+
+
+def test_pooled_folds_test_every_subject_once_and_identical_arms_differ_by_zero(fold_runs):
+    pooled, notes = comparison.pool(find_runs([fold_runs]))
+    assert [(p.init, p.folds) for p in pooled] == [("simclr", [0, 1]), ("random", [0, 1])]
+    subjects = pooled[0].levels["subject"].ids.tolist()
+    assert len(subjects) == len(set(subjects)) == 12 and not notes
+    headline = comparison.paired_rows(pooled, draws=200)
+    assert [row[3] for row in headline] == ["slice", "subject"]
+    for row in headline:  # identical arms: zero difference, zero-width interval
+        assert row[4] == "+0.0 [+0.0, +0.0]" and row[6] == "+0.0 [+0.0, +0.0]"
+        assert row[8] == 12 and row[9] == "1 × 2"
+
+
+def test_report_leads_with_the_paired_table_and_writes_subjects_and_reliability(fold_runs, tmp_path):
+    out = report.run(runs=[str(fold_runs)], out=tmp_path / "rep", no_gradcam=True)
+    text = (out / "report.md").read_text()
+    assert text.index("Headline: paired difference") < text.index("## Results")
+    assert "sensitivity" in text and "AUROC pooled" in text and "reliability_1.png" in text
+    assert (out / "reliability_1.png").is_file()
+    lines = (out / "subjects.csv").read_text().splitlines()
+    assert lines[0].startswith("protocol,init,mode,label_frac,seed,fold,subject,true,pred,correct,p_Non_Demented")
+    assert len(lines) == 1 + 2 * 12  # two arms x 12 subjects, each once
+    assert "4 subj. / 40 slices" in text

@@ -1,0 +1,39 @@
+"""The cluster bootstrap over test subjects, plain and paired."""
+import numpy as np
+import pytest
+
+from simclr_ad import stats
+from simclr_ad.clinical import balanced_accuracy
+
+
+def test_draws_resample_whole_subjects():
+    clusters = ["a", "a", "b", "b", "b", "c"]
+    for rows in stats.subject_draws(clusters, draws=50, seed=1):
+        drawn = [clusters[k] for k in rows]
+        for name in set(drawn):  # a subject drawn m times brings all its slices m times
+            assert drawn.count(name) % clusters.count(name) == 0
+        assert len({clusters[k] for k in rows}) <= 3
+
+
+def test_paired_bootstrap_of_identical_arms_is_zero_width():
+    rng = np.random.default_rng(0)
+    clusters = np.repeat(np.arange(12), 4).astype(str)
+    true, pred = rng.integers(0, 2, 48), rng.integers(0, 2, 48)
+    score = lambda rows: balanced_accuracy(true[rows], pred[rows])  # noqa: E731
+    result = stats.paired_bootstrap(score, score, len(true), stats.subject_draws(clusters, 200))
+    assert result["point"] == 0 and result["ci95"] == [0.0, 0.0] and result["share_positive"] == 0.0
+
+
+def test_paired_bootstrap_sees_a_better_arm_and_plain_ci_brackets_the_point():
+    clusters = np.repeat(np.arange(20), 3).astype(str)
+    true = np.tile([0, 1, 1], 20)
+    good, bad = true.copy(), true.copy()
+    bad[::4] = 1 - bad[::4]
+    draws = stats.subject_draws(clusters, 300, seed=2)
+    a, b = (lambda rows: balanced_accuracy(true[rows], good[rows])), (lambda rows: balanced_accuracy(true[rows], bad[rows]))
+    diff = stats.paired_bootstrap(a, b, len(true), draws)
+    assert diff["point"] > 0 and 0 < diff["ci95"][0] <= diff["point"] <= diff["ci95"][1]
+    assert diff["share_positive"] == 1.0
+    plain = stats.bootstrap(b, len(true), draws)
+    assert plain["ci95"][0] < plain["point"] < plain["ci95"][1]
+    assert stats.percentile_ci([float("nan")]) == pytest.approx((float("nan"),) * 2, nan_ok=True)
