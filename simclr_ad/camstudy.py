@@ -114,9 +114,10 @@ def _cam_one_fraction(runs: Sequence[Run], protocol: str, frac: float, per_class
     for init, (model, info) in models.items():
         arm = plots.arm_label(init, "finetune")
         preds[arm] = class_probabilities(model, inputs).argmax(axis=1)
-        cams[arm] = gradcam.compute_cams(model, info["arch"], inputs, preds[arm])
+        cams[arm] = gradcam.compute_cams(model, info["arch"], inputs, preds[arm], info["cam_layer"])
         row = {"label_frac": frac, "protocol": protocol, "arm": arm, "seed": arms[init].seed,
-               "n_images": len(paths), **gradcam.faithfulness(model, inputs, preds[arm], cams[arm])}
+               "cam_layer": info["cam_layer"], "n_images": len(paths),
+               **gradcam.faithfulness(model, inputs, preds[arm], cams[arm])}
         study.rows.append({**row, **(_localisation(cams[arm], masks) if masks is not None else {})})
     title = f"Grad-CAM at {plots.percent_labels(frac)} labels ({protocol}; seeds {arms['simclr'].seed}/{arms['random'].seed})"
     study.figures[f"gradcam_{frac:g}.png"] = plots.png_bytes(

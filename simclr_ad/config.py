@@ -23,6 +23,7 @@ from simclr_ad.fileio import atomic_write_text
 
 CONFIG_FORMAT = 1  # bump when a saved config can no longer be read by this code
 ARCHS = ("resnet18", "resnet50", "densenet121", "mobilenet_v2")
+CAM_LAYERS = ("auto", "layer1", "layer2", "layer3", "layer4")  # Grad-CAM stages (models.target_layer)
 
 
 class ConfigError(UserError):
@@ -195,6 +196,7 @@ class FinetuneConfig(AugmentConfig, CommonConfig):
     plateau_patience: int = 5  # plateau only: epochs without val-loss gain before the LR drops
     plateau_factor: float = 0.5  # plateau only: factor the LR is multiplied by
     eval_batch_size: int = 256  # batch size of validation and test inference
+    cam_layer: str = "auto"  # backbone stage Grad-CAM explains: auto (ResNet layer3, 8x8 at 128 px) or layer1..layer4
     min_steps_per_epoch: int = 0  # >0: small label subsets are repeated to give this many steps per epoch
     # sweep mode: run the grid below, one sub-run each, skipping finished ones
     sweep: bool = False  # run the grid fractions x inits x modes x seeds below, one sub-run each
@@ -242,6 +244,7 @@ class FinetuneConfig(AugmentConfig, CommonConfig):
                "must be plateau, cosine or constant")
         _check(0 <= self.warmup_epochs <= max(self.epochs, 0), "warmup_epochs", "must be in [0, epochs]")
         _check(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
+        _check(self.cam_layer in CAM_LAYERS, "cam_layer", f"must be one of {', '.join(CAM_LAYERS)}")
 
 
 SEG_ARCHS = ("resnet18", "resnet50")  # encoders whose encoder.pt loads strictly into smp's Unet

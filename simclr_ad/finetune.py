@@ -174,7 +174,7 @@ def test_once(model, images: data.ImageSet, split: dict, index: dict, all_labels
         inputs = augment.prepare(images.images[index["test"][shown]], cfg.image_size)
         plots.log_run_figures(log.writer, metrics, model.float().to(memory_format=torch.contiguous_format),
                               cfg.arch, inputs, probabilities[shown].argmax(1).tolist(), classes,
-                              true=test_labels[shown].tolist(), step=best["best_epoch"])
+                              true=test_labels[shown].tolist(), step=best["best_epoch"], layer=cfg.cam_layer)
     return metrics
 
 

@@ -2,7 +2,8 @@
 
 Everything here runs through ``pytorch_grad_cam`` (GradCAM, its targets, its
 metrics and ``show_cam_on_image``); nothing re-implements a CAM. The target layer
-is ``models.target_layer`` (layer3 for ResNets: an 8x8 map at 128 px, not 4x4).
+is ``models.target_layer`` (layer3 for ResNets: an 8x8 map at 128 px, not 4x4; a fine-tune
+run's ``cam_layer`` picks another stage, e.g. layer2 for 8x8 at 64 px).
 
 Our inputs are one-channel normalised tensors [B,1,H,W]; grad-cam handles them as
 they are. Only the display path (``display_image``/``overlay``) un-normalises them
@@ -55,7 +56,7 @@ def _check_inputs(inputs: torch.Tensor) -> None:
 
 
 def compute_cams(model: torch.nn.Module, arch: str, inputs: torch.Tensor,
-                 targets: Sequence[int] | np.ndarray | torch.Tensor) -> np.ndarray:
+                 targets: Sequence[int] | np.ndarray | torch.Tensor, layer: str = "auto") -> np.ndarray:
     """Grad-CAM of class ``targets[i]`` for each input.
 
     Args:
@@ -63,6 +64,7 @@ def compute_cams(model: torch.nn.Module, arch: str, inputs: torch.Tensor,
         arch: its arch name, which picks the target layer.
         inputs: normalised float [B,1,H,W] (as from ``augment.prepare``).
         targets: class index per input [B] (usually the predicted class).
+        layer: the backbone stage explained (``models.target_layer``; a run's ``cam_layer``).
     Returns:
         float32 [B,H,W] in [0,1] (grad-cam scales each map by its own max).
     """
@@ -73,7 +75,7 @@ def compute_cams(model: torch.nn.Module, arch: str, inputs: torch.Tensor,
         # A frozen (linear-probe) backbone yields no gradient at the target layer unless the
         # input itself requires one, so we always ask for it.
         x = inputs.detach().to(device, torch.float32).contiguous().requires_grad_(True)
-        layer = models.target_layer(net.backbone, arch)
+        layer = models.target_layer(net.backbone, arch, layer)
         cams = None
         with GradCAM(model=net, target_layers=[layer]) as cam:
             cams = cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in classes])

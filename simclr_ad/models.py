@@ -14,6 +14,7 @@ from lightly.models.modules import SimCLRProjectionHead
 from torch import nn
 
 from simclr_ad import checkpoint
+from simclr_ad.config import CAM_LAYERS
 from simclr_ad.errors import UserError
 
 _IMAGENET_WEIGHTS = {
@@ -81,8 +82,16 @@ def infer_arch(state: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
-def target_layer(backbone: nn.Module, arch: str) -> nn.Module:
-    """The Grad-CAM layer: one stage before the last, so 128 px input gives an 8x8 map, not 4x4."""
+def target_layer(backbone: nn.Module, arch: str, layer: str = "auto") -> nn.Module:
+    """The Grad-CAM layer: ``auto`` is one stage before the last, so 128 px input gives an 8x8 map, not 4x4.
+
+    ``layer`` names another ResNet stage (``CAM_LAYERS``), e.g. layer2 for an 8x8 map at 64 px.
+    """
+    if layer != "auto":
+        if not arch.startswith("resnet") or layer not in CAM_LAYERS:
+            raise ValueError(f"Grad-CAM layer {layer!r} needs a ResNet and one of {', '.join(CAM_LAYERS)}; "
+                             f"{arch} takes auto")
+        return getattr(backbone, layer)
     if arch.startswith("resnet"):
         return backbone.layer3
     if arch == "densenet121":

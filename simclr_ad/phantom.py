@@ -8,11 +8,16 @@ makes an image-level split leak, so the phantoms must reproduce it.
 
 Each subject draws its anatomy (head size, shape, pose, sulcal pattern), its
 acquisition (gain, bias field, noise, blur) and a continuous atrophy score
-``grade + N(0, 0.1)`` plus a normal-ageing term. The score enlarges the
-ventricles, widens the sulci and the CSF rim, thins the cortex and shrinks the
-hippocampi. Each slice is rendered from a tissue label map, so the ground-truth
-atrophy mask is exact: the pixels that are CSF in this subject but tissue in
-the same subject rendered at score 0.
+``grade + N(0, 0.1)`` plus a normal-ageing term. As in Alzheimer's disease, the
+score acts mostly on the ventricles and the medial temporal lobes: the lateral
+and third ventricles enlarge, the hippocampi shrink and their temporal horns
+dilate; the cortex thins and the sulci and CSF rim widen only a little (v3; v2's
+strong cortical changes spread the mask along the whole brain outline). A
+subject's slices lie in the ventricular levels, as the Kaggle set's do, or are
+centred on them when there are too many to fit. Each slice is
+rendered from a tissue label map, so the ground-truth atrophy mask is exact: the
+pixels that are CSF in this subject but tissue in the same subject rendered at
+score 0.
 
 Grade-0 masks are small but usually not empty: ageing and the within-grade
 spread give healthy subjects a little atrophy too, as in real data.
@@ -35,20 +40,24 @@ CLASS_SHARES = (0.50, 0.35, 0.14, 0.01)  # like the real Kaggle set: 3200/2240/8
 # Labels of the tissue map each slice is rendered from.
 BACKGROUND, SCALP, SKULL, CSF, GREY, WHITE, DEEP_GREY = range(7)
 
-PHANTOM_VERSION = 2  # bump when the same arguments give other images: it keys the on-disk cache
+PHANTOM_VERSION = 3  # bump when the same arguments give other images: it keys the on-disk cache
 _SCORE_SD = 0.10  # spread of the atrophy score around the grade (v1: 0.35, which a CNN could not learn)
-# How much one unit of atrophy score changes each structure (v2; v1 in brackets). v1's effects were so
-# small next to the subjects' own anatomy that a supervised ResNet18 fit the training subjects and
-# scored 42-46 % balanced accuracy on held-out ones (issue: networks that learn).
+# How much one unit of atrophy score changes each structure (v3; v2 in brackets). v3 carries the grade
+# in the medial temporal lobes and the ventricles, as Alzheimer's disease does: v2's cortical rim made
+# the atrophy mask cover the whole brain outline, where no coarse Grad-CAM can concentrate.
 _ATROPHY = {
-    "brain_pull": 0.04,  # the brain surface pulls away from the skull (0.012)
-    "sulcal_widening": 1.5,  # sulci widen by this factor per unit (0.6)
-    "ventricle_widening": 1.5,  # lateral ventricles widen (0.6)
-    "hippocampal_shrink": 0.2,  # the hippocampus shrinks inside its fossa (0.11)
+    "brain_pull": 0.005,  # the brain surface pulls away from the skull (0.04)
+    "sulcal_widening": 0.1,  # sulci widen by this factor per unit (1.5)
+    "sulcal_deepening": 0.02,  # sulci deepen by this factor per unit (0.1)
+    "cortical_thinning": 0.03,  # the grey ribbon thins by this share per unit (0.1)
+    "ventricle_widening": 1.5,  # lateral ventricles widen (1.5)
+    "hippocampal_shrink": 0.2,  # the hippocampus shrinks inside its fossa (0.2)
+    "temporal_horn": 0.4,  # the temporal horn around the hippocampus dilates by this share per unit (0)
 }
-_VENTRICLE_LEVELS = 0.25  # width (in slice level) of the band where the lateral ventricles show (0.15)
-_VENTRICLE_SPREAD = 0.1  # subjects' natural ventricle size: 1 +- this (0.2)
-_AGEING = (0.1, 0.05)  # mean and sd of the grade-independent ageing term ((0.15, 0.1))
+_VENTRICLE_LEVELS = 0.35  # width (in slice level) of the band where the lateral ventricles show (v2: 0.25)
+_VENTRICLE_SPREAD = 0.1  # subjects' natural ventricle size: 1 +- this (v1: 0.2)
+_AGEING = (0.1, 0.05)  # mean and sd of the grade-independent ageing term (v1: (0.15, 0.1))
+_LEVELS = (0.25, 0.65)  # axial levels a subject's slices span, 0 skull base .. 1 vertex (v2: 0.1-0.85)
 _CHUNK = 8  # slices rendered together
 _LEVEL_STEP = 0.02  # slice-level change between adjacent slices: adjacent slices are near-duplicates
 
@@ -139,7 +148,7 @@ _SITE_SPECS = {
     "midbrain": (0.0, 0.12, 0.0, 0.24, 0.22),
     **{f"caudate{side:+d}": (side * 0.15, -0.16, 0.0, 0.1, 0.1) for side in (-1, 1)},
     **{f"thalamus{side:+d}": (side * 0.12, 0.08, 0.0, 0.1, 0.14) for side in (-1, 1)},
-    **{f"hippocampus{side:+d}": (side * 0.34, 0.06, side * 0.45, 0.08, 0.17) for side in (-1, 1)},
+    **{f"hippocampus{side:+d}": (side * 0.34, 0.06, side * 0.45, 0.17, 0.24) for side in (-1, 1)},
 }
 
 
@@ -161,7 +170,11 @@ def _subject_counts(n_subjects: int, min_per_class: int = 2) -> list[int]:
 def _draw_subject(rng: np.random.Generator, grade: int, n_slices: int) -> _Subject:
     """Draw one subject's anatomy, atrophy score, slice levels and acquisition."""
     step = min(_LEVEL_STEP, 0.6 / max(n_slices - 1, 1))
-    start = rng.uniform(0.1, max(0.1, 0.85 - step * (n_slices - 1)))
+    span = step * (n_slices - 1)
+    if span <= _LEVELS[1] - _LEVELS[0]:
+        start = rng.uniform(_LEVELS[0], _LEVELS[1] - span)
+    else:  # a subject longer than the band is centred on it, jittered so that subjects' levels differ
+        start = (_LEVELS[0] + _LEVELS[1] - span) / 2 + rng.uniform(-0.075, 0.075)
     # Ageing atrophy is independent of the grade, so a grade alone never fixes the score.
     ageing = float(np.clip(rng.normal(*_AGEING), 0.0, 0.4))
     score = max(0.0, grade + rng.normal(0.0, _SCORE_SD)) + ageing
@@ -313,7 +326,7 @@ def _label_map(p: _Subject, plane: _Plane, slab: _Slab, score: float, detail: bo
     # Sulci: CSF within a half width of the axis, down to the sulcus' depth (rounded bottom);
     # deep sulci (the fissures) are wider, and all widen with atrophy. In-place steps: this
     # is the hot loop of the generator.
-    dist = slab.depth * np.float32(-(1 + 0.1 * score))
+    dist = slab.depth * np.float32(-(1 + _ATROPHY['sulcal_deepening'] * score))
     dist += along
     np.maximum(dist, 0, out=dist)
     dist *= dist
@@ -324,7 +337,7 @@ def _label_map(p: _Subject, plane: _Plane, slab: _Slab, score: float, detail: bo
     # WHITE - 1 is GREY and GREY - 1 is CSF, so labels are arithmetic on the distance to CSF.
     # Without detail there is no grey ribbon (depth 0), so CSF is still WHITE - 2.
     labels = np.full(rho.shape, WHITE, dtype=np.int8)
-    labels -= dist < (p.cortex * (1 - 0.1 * score) if detail else 0.0)
+    labels -= dist < (p.cortex * (1 - _ATROPHY['cortical_thinning'] * score) if detail else 0.0)
     labels -= dist < 0
     if detail:
         outer = np.full(rho.shape, SKULL, dtype=np.int8)
@@ -359,8 +372,9 @@ def _label_map(p: _Subject, plane: _Plane, slab: _Slab, score: float, detail: bo
     temporal = np.clip((0.45 - levels) / 0.15, 0, 1) * p.hippocampus_size
     long_axis, short_axis = 0.14 * np.sqrt(temporal), 0.055 * temporal
     shrink = max(0.3, 1 - _ATROPHY['hippocampal_shrink'] * score)
+    horn = _ATROPHY['temporal_horn'] * score
     for side in ("-1", "+1"):
-        _paint(labels, CSF, sites["hippocampus" + side], 1.12 * short_axis, 1.06 * long_axis)
+        _paint(labels, CSF, sites["hippocampus" + side], (1.12 + horn) * short_axis, (1.06 + horn / 3) * long_axis)
         _paint(labels, GREY, sites["hippocampus" + side], shrink * short_axis, shrink * long_axis)
     return labels
 

@@ -249,8 +249,8 @@ def percent_labels(frac: Any) -> str:
 
 def log_run_figures(writer, metrics: dict, model: torch.nn.Module, arch: str, inputs: torch.Tensor,
                     targets: Sequence[int], classes: Sequence[str], true: Sequence[int] | None = None,
-                    step: int | None = None) -> None:
-    """Add the test confusion matrix and a Grad-CAM grid to a TensorBoard SummaryWriter.
+                    step: int | None = None, layer: str = "auto") -> None:
+    """Add the test confusion matrix and a Grad-CAM grid (at backbone stage ``layer``) to a TensorBoard SummaryWriter.
 
     ``inputs`` are normalised test images [B,1,H,W] (at most 16 are drawn); ``targets``
     are the classes whose CAM is drawn (usually the predictions); ``true`` (optional)
@@ -264,7 +264,7 @@ def log_run_figures(writer, metrics: dict, model: torch.nn.Module, arch: str, in
     try:
         shown = slice(0, min(16, len(inputs)))
         inputs, targets = inputs[shown], [int(t) for t in list(targets)[shown]]
-        cams = gradcam.compute_cams(model, arch, inputs, targets)
+        cams = gradcam.compute_cams(model, arch, inputs, targets, layer)
         arm = f"{metrics.get('init')}+{metrics.get('mode')}"
         grid = gradcam_grid_figure(gradcam.display_image(inputs), {arm: cams},
                                          None if true is None else list(true)[shown], {arm: targets}, classes)

@@ -48,7 +48,7 @@ from simclr_ad.models import Classifier, build_classifier
 def load_classifier(path: str | Path) -> tuple[Classifier, dict[str, Any]]:
     """A fine-tune run's ``best.pt`` (the model selected on validation) as an eval-mode Classifier on the CPU.
 
-    Returns (model, info) with info = {"arch", "classes", "image_size", "task", "config"}.
+    Returns (model, info) with info = {"arch", "classes", "image_size", "task", "config", "cam_layer"}.
     A checkpoint that is not a fine-tuned classifier is one CheckpointError naming the file.
     """
     try:
@@ -74,7 +74,8 @@ def load_classifier(path: str | Path) -> tuple[Classifier, dict[str, Any]]:
                               f"classes: {str(err).splitlines()[0][:200]}") from None
     model.eval()
     info = {"arch": ckpt["arch"], "classes": classes, "image_size": int(extra["image_size"]),
-            "task": extra.get("task", config.get("task")), "config": config}
+            "task": extra.get("task", config.get("task")), "config": config,
+            "cam_layer": str(config.get("cam_layer", "auto"))}
     return model, info
 
 
@@ -146,7 +147,7 @@ def predict_volume(model: Classifier, info: dict[str, Any], path: str,
     if gradcam_dir:
         out_dir = Path(gradcam_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        cams = gradcam.compute_cams(model, info["arch"], inputs, predicted)
+        cams = gradcam.compute_cams(model, info["arch"], inputs, predicted, info["cam_layer"])
         stem = volumes.volume_stem(path.rstrip("/")) or "volume"
         for row, (index, entry) in enumerate(zip(kept, slices)):
             target = out_dir / f"{stem}_{slicing.axis}{int(index):03d}_gradcam.png"
@@ -238,7 +239,7 @@ def _save_overlays(model: Classifier, info: dict[str, Any], inputs: torch.Tensor
                    paths: Sequence[str], order: Sequence[int], results: list[dict[str, Any]], out: str) -> None:
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cams = gradcam.compute_cams(model, info["arch"], inputs, predicted)
+    cams = gradcam.compute_cams(model, info["arch"], inputs, predicted, info["cam_layer"])
     names = _overlay_names(paths)
     for row, i in enumerate(order):
         target = out_dir / names[i]

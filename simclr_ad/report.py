@@ -329,25 +329,36 @@ def _fixed(value: Any, digits: int) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
+def _ratio(value: Any, chance: Any) -> float:
+    """``value / chance``; nan when either is missing, nan or the chance is 0."""
+    try:
+        return float(value) / float(chance) if float(chance) > 0 else math.nan
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def _gradcam_part(doc: Document, study: CamStudy) -> None:
     doc.heading(2, "Grad-CAM")
     doc.para("For each label fraction with both a simclr and a random finetune run (seed 0 preferred), the same "
              "test images (the first N per true class in predictions.csv order) are explained for each arm's "
-             "predicted class (GradCAM at models.target_layer). Faithfulness uses grad-cam's metrics on softmax "
+             "predicted class (GradCAM at the run's cam_layer; auto: models.target_layer). Faithfulness uses "
+             "grad-cam's metrics on softmax "
              "confidence: ROAD combined (higher = more faithful), drop in confidence when the image is multiplied "
              "by the CAM (lower = better) and the share of images whose confidence rises. Localisation = share of "
              "CAM mass inside the ground-truth atrophy mask, over images with a non-empty mask; chance = the "
-             "masks' mean area share (what a uniform map scores).")
+             "masks' mean area share (what a uniform map scores); × chance = their ratio.")
     if study.rows:
         has_masks = any("localisation" in r for r in study.rows)
-        header = ["labels", "arm", "seed", "images", "ROAD combined ↑", "drop in conf. ↓", "increase in conf."] + \
-            (["localisation ↑", "chance", "masks"] if has_masks else [])
+        header = ["labels", "arm", "seed", "layer", "images", "ROAD combined ↑", "drop in conf. ↓",
+                  "increase in conf."] + (["localisation ↑", "chance", "× chance", "masks"] if has_masks else [])
         table = []
         for r in study.rows:
-            line = [plots.percent_labels(r["label_frac"]), r["arm"], r["seed"], r["n_images"], _fixed(r["road_combined"], 4),
+            line = [plots.percent_labels(r["label_frac"]), r["arm"], r["seed"], r.get("cam_layer", "auto"), r["n_images"],
+                    _fixed(r["road_combined"], 4),
                     _fixed(r["drop_in_confidence"], 4), _fixed(r["increase_in_confidence"], 2)]
             if has_masks:
-                line += [_fixed(r.get("localisation"), 3), _fixed(r.get("localisation_chance"), 3), r.get("n_masks", 0)]
+                line += [_fixed(r.get("localisation"), 3), _fixed(r.get("localisation_chance"), 3),
+                         _fixed(_ratio(r.get("localisation"), r.get("localisation_chance")), 1), r.get("n_masks", 0)]
             table.append(line)
         doc.table(header, table)
     for name in sorted(study.figures, key=lambda n: float(n[len("gradcam_"):-len(".png")])):

@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 import pytest
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from simclr_ad import clinical
 
@@ -27,6 +27,24 @@ def test_multiclass_auroc_is_sklearn_ovr_macro_and_skips_absent_classes():
     present = y != 1  # class 1 absent: macro over classes 0 and 2 only
     by_hand = np.mean([roc_auc_score(y[present] == c, probabilities[present, c]) for c in (0, 2)])
     assert clinical.auroc(y[present], probabilities[present]) == pytest.approx(by_hand)
+
+
+def test_counting_metrics_equal_sklearn_with_ties_and_absent_classes():
+    # the bootstrap's fast forms: rank-based AUROC and counted recall, on coarse (tied) probabilities
+    rng = np.random.default_rng(1)
+    for n_classes in (2, 4):
+        for _ in range(20):
+            y = rng.integers(0, n_classes, 30)
+            probabilities = np.round(rng.dirichlet(np.ones(n_classes), size=30), 1)  # many ties
+            pred = rng.integers(0, n_classes, 30)
+            if len(np.unique(y)) < 2:
+                continue
+            score = probabilities[:, 1] if n_classes == 2 else None
+            expected = (roc_auc_score(y, score) if n_classes == 2 else
+                        np.mean([roc_auc_score(y == c, probabilities[:, c]) for c in np.unique(y)]))
+            assert clinical.auroc(y, probabilities) == pytest.approx(expected)
+            assert clinical.balanced_accuracy(y, pred) == pytest.approx(balanced_accuracy_score(y, pred))
+    assert clinical.balanced_accuracy(np.array([0, 0, 2]), np.array([0, 1, 1])) == pytest.approx(0.25)  # (1/2 + 0)/2
 
 
 def test_youden_threshold_sensitivity_specificity_by_hand():

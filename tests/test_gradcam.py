@@ -96,3 +96,24 @@ def test_display_image_undoes_normalisation_and_overlay_is_rgb(inputs):
     assert rgb.shape == (SIZE, SIZE, 3) and rgb.dtype == np.uint8
     with pytest.raises(ValueError, match="shape"):
         gradcam.overlay(picture, np.zeros((8, 8)))
+
+
+def test_cam_layer_picks_the_stage_and_its_resolution(model, inputs):
+    from simclr_ad import models
+
+    assert models.target_layer(model.backbone, "resnet18") is model.backbone.layer3
+    assert models.target_layer(model.backbone, "resnet18", "layer2") is model.backbone.layer2
+    with pytest.raises(ValueError, match="layer2"):
+        models.target_layer(model.backbone, "densenet121", "layer2")
+    # At 64 px layer4 is a 2x2 map and layer2 an 8x8 one. A bilinearly upsampled k x k map turns
+    # direction at most k - 1 times along a line, so the 2x2 map at most once.
+    # An untrained network's CAM can be all zero for some classes: take every class.
+    coarse = np.concatenate([gradcam.compute_cams(model, "resnet18", inputs, [c, c], "layer4") for c in range(3)])
+    fine = np.concatenate([gradcam.compute_cams(model, "resnet18", inputs, [c, c], "layer2") for c in range(3)])
+    assert coarse.shape == fine.shape == (6, SIZE, SIZE) and coarse.max() > 0
+
+    def extrema(profile):
+        steps = np.sign(np.diff(profile))
+        return int(np.sum(steps[1:] * steps[:-1] < 0))
+    assert max(extrema(c[:, column]) for c in coarse for column in range(SIZE)) <= 1
+    assert not np.allclose(coarse, fine)

@@ -320,3 +320,10 @@ def test_a_report_inside_its_runs_dir_never_counts_its_own_copies(runs):
     found = report.find_runs([runs])
     assert len(found) == len({r.path for r in found}) == 12  # 9 complete, 3 not
     assert not any("report" in r.path.parts for r in found)  # the originals are kept
+
+
+def test_localisation_ratio_to_chance_by_hand():
+    assert report._ratio(0.3, 0.1) == pytest.approx(3.0)
+    assert report._ratio(0.05, 0.2) == pytest.approx(0.25)
+    for value, chance in ((0.3, 0.0), (None, 0.1), (0.3, None), (float("nan"), 0.1)):
+        assert math.isnan(report._ratio(value, chance))
