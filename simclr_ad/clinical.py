@@ -3,8 +3,10 @@ validation-chosen threshold, calibration (ECE, reliability bins), subject-level 
 clinical order of the classes.
 
 Pure functions of arrays: ``probabilities`` [N, C] (rows sum to 1), ``y_true`` [N] class indices.
-scikit-learn computes AUROC, ROC curves, confusion matrices and balanced accuracy; only what it does
-not offer is written here (the top-label ECE of Guo et al., ICML 2017, and the per-subject vote).
+scikit-learn computes ROC curves and confusion matrices. AUROC (by average ranks) and balanced accuracy
+(by counting) are written here, equal to scikit-learn's but without its per-call checks, because the
+subject bootstrap calls them thousands of times; so are the top-label ECE of Guo et al. (ICML 2017)
+and the per-subject vote.
 
 Subject level: a subject's probabilities are the mean of its slices' (``mean``, the default and
 what the reports use), or the share of its slices predicting each class (``vote``, a majority vote
@@ -73,7 +75,8 @@ def youden_threshold(y_true: np.ndarray, p_positive: np.ndarray) -> float:
         return 0.5
     fpr, tpr, thresholds = roc_curve(y_true, p_positive)
     best = int(np.argmax(tpr - fpr))
-    return float(min(thresholds[best], 1.0))  # roc_curve's first threshold is inf: predict nothing positive
+    # roc_curve's first threshold is inf (predict nothing positive); just above 1 says the same in JSON
+    return float(thresholds[best]) if np.isfinite(thresholds[best]) else float(np.nextafter(1.0, 2.0))
 
 
 def sensitivity_specificity(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float]:

@@ -215,7 +215,7 @@ def predictions_csv(results: Sequence[dict[str, Any]], known: dict[str, dict], c
         if "error" in result:
             continue
         info = known.get(result["path"], {})
-        subject = result.get("subject") or info.get("subject", "")
+        subject = info.get("subject") or result.get("subject") or ""  # the manifest or --subject-pattern first
         entries = [(f"{result['path']}#{s['slice']}", "slice", s) for s in result["slices"]] if "slices" in result \
             else [(result["path"], "image", result)]
         for path, level, entry in entries:

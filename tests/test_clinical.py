@@ -57,6 +57,9 @@ def test_youden_threshold_sensitivity_specificity_by_hand():
     assert pred.tolist() == [0, 0, 1, 1, 1, 1]
     assert clinical.sensitivity_specificity(y, pred) == pytest.approx((1.0, 2 / 3))
     assert clinical.youden_threshold(np.ones(3, int), np.array([0.2, 0.5, 0.9])) == 0.5
+    # every positive below every negative: the best J is "nothing positive", even at P = 1.0
+    worst = clinical.youden_threshold(np.array([0, 0, 1, 1]), np.array([0.9, 1.0, 0.1, 0.2]))
+    assert worst > 1.0 and not clinical.predict_at(np.array([[0.0, 1.0]]), worst).any()
 
 
 def test_ece_and_reliability_bins_by_hand():
