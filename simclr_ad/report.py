@@ -50,7 +50,8 @@ CLINICAL_METRICS = tuple(f"{level}{m}" for level in ("", "subject_") for m in
                          ("auroc", "ece", "sensitivity", "specificity", "threshold_balanced_accuracy"))
 METRIC_TITLES = {"balanced_accuracy": "Balanced accuracy", "accuracy": "Accuracy", "macro_f1": "Macro-F1"}
 REFERENCE_MODE = plots.REFERENCE_MODE  # the mode of simclr_ad.baselines' runs
-SETTING_KEYS = ("arch", "image_size", "epochs", "task", "data", "pretrain_on", "encoder_sha256")  # agree within a cell
+SETTING_KEYS = ("arch", "image_size", "epochs", "task", "data", "pretrain_on", "encoder_sha256",  # agree within a cell
+                "label_unit", "label_subjects")
 
 
 
@@ -127,6 +128,8 @@ def consistency_warnings(runs: Sequence[Run]) -> list[str]:
         repeated = sorted(s for s, n in Counter((r.seed, r.get("fold")) for r in members).items() if n > 1)
         if repeated:
             notes.append(f"{cell} counts (seed, fold) {repeated} more than once (same run in two --runs dirs?)")
+        if len({r.get("fold") is None for r in members}) > 1:
+            notes.append(f"{cell} mixes single-split runs with k-fold runs: their test subjects overlap")
     return notes
 
 
