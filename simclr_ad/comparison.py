@@ -97,7 +97,7 @@ def _run_levels(run: Run) -> tuple[dict[str, Rows], list[str]]:
     fold = np.full(len(paths), run.get("fold", -1) if run.get("fold") is not None else -1)
     levels = {"slice": Rows(np.asarray(paths), np.asarray(groups), true, probabilities,
                             clinical.predict_at(probabilities, run.get("threshold")), fold)}
-    if run.protocol != "image" and len(paths):
+    if run.group_by != "image" and len(paths):
         names, s_true, s_probs = clinical.subject_probabilities(probabilities, true, groups)
         levels["subject"] = Rows(np.asarray(names), np.asarray(names), s_true, s_probs,
                                  clinical.predict_at(s_probs, run.get("subject_threshold")), fold[:len(names)])

@@ -186,7 +186,8 @@ def run(cfg: FinetuneConfig, images: data.ImageSet | None = None) -> Path:
     fileio.git_sha()  # record the code version as it is now, at the start
     rt = runtime.setup(cfg, distributed=False)  # one run = one process; sweeps spread runs over ranks
     cfg = replace(cfg, label_unit=splits.label_unit_for(cfg))  # recorded resolved: auto's meaning may change
-    run_dir = rundir.claim(cfg, f"runs/finetune-{cfg.init}-{cfg.mode}-f{cfg.label_frac}-s{cfg.seed}")
+    budget = f"n{cfg.label_subjects}" if cfg.label_subjects else f"f{cfg.label_frac}"
+    run_dir = rundir.claim(cfg, f"runs/finetune-{cfg.init}-{cfg.mode}-{budget}-s{cfg.seed}")
     if (run_dir / "metrics.json").is_file():  # the test split was already evaluated: never again
         print(f"fine-tuning already finished in {run_dir} (metrics.json)")
         return run_dir

@@ -12,7 +12,8 @@ relative to the manifest). ``--csv`` writes one row per image (``level`` image; 
 as ``level`` slice) with its class probabilities, then one row per subject (``level`` subject,
 the mean of its images' probabilities) when the manifest, the volume or ``--subject-pattern``
 (a regex on the file name; its first group, or the group named ``subject``, is the subject) gives
-one.
+one. For a binary run the predicted class is P(class 1) >= the threshold the run chose on validation
+(its metrics.json: per image, and per subject mean), or ``--threshold``'s; otherwise the most probable.
 
 A volume (NIfTI file, DICOM file or a folder holding one DICOM series) is cut into
 slices as the checkpoint's config says (slice_axis, slices, intensity_percentiles);
@@ -48,7 +49,9 @@ from simclr_ad.models import Classifier, build_classifier
 def load_classifier(path: str | Path) -> tuple[Classifier, dict[str, Any]]:
     """A fine-tune run's ``best.pt`` (the model selected on validation) as an eval-mode Classifier on the CPU.
 
-    Returns (model, info) with info = {"arch", "classes", "image_size", "task", "config", "cam_layer"}.
+    Returns (model, info) with info = {"arch", "classes", "image_size", "task", "config", "cam_layer",
+    "threshold", "subject_threshold"}: a binary run's validation-chosen cut-offs on P(class 1), per image and
+    per subject mean, from the run's metrics.json beside the checkpoint (None when absent: argmax).
     A checkpoint that is not a fine-tuned classifier is one CheckpointError naming the file.
     """
     try:
@@ -75,8 +78,19 @@ def load_classifier(path: str | Path) -> tuple[Classifier, dict[str, Any]]:
     model.eval()
     info = {"arch": ckpt["arch"], "classes": classes, "image_size": int(extra["image_size"]),
             "task": extra.get("task", config.get("task")), "config": config,
-            "cam_layer": str(config.get("cam_layer", "auto"))}
+            "cam_layer": str(config.get("cam_layer", "auto")), **_thresholds(Path(path), len(classes))}
     return model, info
+
+
+def _thresholds(path: Path, n_classes: int) -> dict[str, float | None]:
+    """The binary thresholds the run chose on validation (metrics.json next to best.pt), else None."""
+    try:
+        metrics = json.loads((path.parent / "metrics.json").read_text()) if n_classes == 2 else {}
+    except (OSError, ValueError):
+        metrics = {}
+    metrics = metrics if isinstance(metrics, dict) else {}
+    return {key: (float(metrics[key]) if isinstance(metrics.get(key), (int, float)) else None)
+            for key in ("threshold", "subject_threshold")}
 
 
 def class_probabilities(model: torch.nn.Module, inputs: torch.Tensor, batch_size: int = 64) -> np.ndarray:
@@ -139,8 +153,9 @@ def predict_volume(model: Classifier, info: dict[str, Any], path: str,
     pixels, kept, positions = volume_data.cut(volume, slicing, size, where=path)
     inputs = augment.prepare(torch.from_numpy(pixels)[:, None], size)
     probabilities = class_probabilities(model, inputs)
-    predicted = probabilities.argmax(axis=1)
+    predicted = clinical.predict_at(probabilities, info["threshold"])
     subject = probabilities.mean(axis=0)
+    subject_class = int(clinical.predict_at(subject[None], info["subject_threshold"])[0])
     slices = [{"slice": f"{slicing.axis}={int(i)}", "position_mm": round(float(pos), 3),
                "predicted": classes[int(k)], "probabilities": {c: float(p) for c, p in zip(classes, row)}}
               for i, pos, k, row in zip(kept, positions, predicted, probabilities)]
@@ -153,7 +168,7 @@ def predict_volume(model: Classifier, info: dict[str, Any], path: str,
             target = out_dir / f"{stem}_{slicing.axis}{int(index):03d}_gradcam.png"
             Image.fromarray(gradcam.overlay(gradcam.display_image(inputs[row]), cams[row])).save(target)
             entry["gradcam"] = str(target)
-    return {"path": path, "subject": volume.subject, "predicted": classes[int(subject.argmax())],
+    return {"path": path, "subject": volume.subject, "predicted": classes[subject_class],
             "probabilities": {c: float(p) for c, p in zip(classes, subject)}, "slices": slices}
 
 
@@ -205,8 +220,10 @@ def expand_inputs(inputs: Sequence[str], subject_pattern: str | None = None) -> 
     return paths, known
 
 
-def predictions_csv(results: Sequence[dict[str, Any]], known: dict[str, dict], classes: list[str]) -> str:
-    """The ``--csv`` table: per image (or volume slice) its probabilities, then per known subject the mean."""
+def predictions_csv(results: Sequence[dict[str, Any]], known: dict[str, dict], classes: list[str],
+                    subject_threshold: float | None = None) -> str:
+    """The ``--csv`` table: per image (or volume slice) its probabilities, then per known subject the mean
+    (its class at ``subject_threshold`` for a binary task, else the most probable)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["level", "path", "subject", "label", "predicted", *[f"p_{c}" for c in classes]])
@@ -230,8 +247,8 @@ def predictions_csv(results: Sequence[dict[str, Any]], known: dict[str, dict], c
         names, _, means = clinical.subject_probabilities(probabilities, np.zeros(len(named), dtype=np.int64),
                                                          [subjects[k] for k in named])
         labels = {subjects[k]: rows[k][3] for k in named}
-        for name, mean in zip(names, means):
-            writer.writerow(["subject", "", name, labels[name], classes[int(mean.argmax())], *[f"{v:.6f}" for v in mean]])
+        for name, mean, k in zip(names, means, clinical.predict_at(means, subject_threshold)):
+            writer.writerow(["subject", "", name, labels[name], classes[int(k)], *[f"{v:.6f}" for v in mean]])
     return buffer.getvalue()
 
 
@@ -255,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--subject-pattern", metavar="REGEX",
                         help="the subject of a file: this regex's first (or 'subject') group on its name")
     parser.add_argument("--checkpoint", required=True, help="RUN_DIR/best.pt of a finetune run")
+    parser.add_argument("--threshold", type=float, metavar="P",
+                        help="binary: predict class 1 when P(class 1) >= P, per image and per subject (default: the "
+                             "thresholds the run chose on validation, from its metrics.json; else the argmax)")
     parser.add_argument("--gradcam", metavar="OUT_DIR", help="save a Grad-CAM overlay PNG per image here")
     parser.add_argument("--json", action="store_true", help="print one JSON list instead of text")
     parser.add_argument("--num-threads", type=int, default=0, metavar="N", help="torch CPU threads (0: default)")
@@ -275,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.gradcam and Path(args.gradcam).exists() and not Path(args.gradcam).is_dir():
         raise UserError(f"--gradcam {args.gradcam} is a file; give a directory for the overlay PNGs")
     model, info = load_classifier(args.checkpoint)
+    if args.threshold is not None:
+        info.update(threshold=args.threshold, subject_threshold=args.threshold)
     classes, size = info["classes"], info["image_size"]
     inputs_given, known = expand_inputs(args.images, args.subject_pattern)
     volume_results = _predict_volumes(model, info, inputs_given, args.gradcam)
@@ -288,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---------------------------------------------------------------- predict
     probabilities = class_probabilities(model, inputs)
-    predicted = probabilities.argmax(axis=1) if order else np.zeros(0, dtype=np.int64)
+    predicted = clinical.predict_at(probabilities, info["threshold"]) if order else np.zeros(0, dtype=np.int64)
     results: list[dict[str, Any]] = [{"path": p, "error": failed[i]} if i in failed else {} for i, p in
                                      enumerate(args.images)]
     for row, i in enumerate(order):
@@ -312,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     image_results = iter(results)
     results = [volume_results[i] if i in volume_results else next(image_results) for i in range(len(inputs_given))]
     if args.csv:
-        fileio.atomic_write_text(Path(args.csv), predictions_csv(results, known, classes))
+        fileio.atomic_write_text(Path(args.csv), predictions_csv(results, known, classes, info["subject_threshold"]))
     if args.json:
         print(json.dumps(results, indent=2))
     else:

@@ -16,7 +16,8 @@ gradcam_<frac>.png.
 Statistics per (protocol, init, mode, label_frac), over seeds: mean, std with
 ddof=1 (0 for one seed), and the 95% CI half-width t_{0.975, n-1} * std / sqrt(n)
 (scipy.stats.t). With one seed the CI is unknown: blank in summary.csv, "(1 seed)"
-in the tables. protocol is metrics.json's resolved ``group_by`` (subject|auto|image).
+in the tables. protocol is metrics.json's resolved ``group_by`` (subject|auto|image), with
+``, N subj./class`` added for a ``--label-subjects N`` run.
 """
 from __future__ import annotations
 

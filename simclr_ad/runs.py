@@ -120,8 +120,15 @@ class Run:
         return default
 
     @property
-    def protocol(self) -> str:
+    def group_by(self) -> str:
         return str(self.get("group_by", "?"))
+
+    @property
+    def protocol(self) -> str:
+        """The split grouping, plus the absolute budget of a ``--label-subjects`` run: such a run keeps
+        label_frac 1.0 in its config, and must not pool with the runs that label every subject."""
+        per_class = int(self.get("label_subjects", 0) or 0)
+        return self.group_by + (f", {per_class} subj./class" if per_class else "")
 
     @property
     def init(self) -> str:

@@ -236,8 +236,13 @@ def labelled_subjects(splits: dict, fraction: float, per_class: int = 0) -> list
     stored = (splits.get("subject_fractions") or {}).get(_fraction_key(value)) if per_class <= 0 else None
     if stored is not None:
         return list(stored)
+    ranks = subject_rank(splits)
+    empty = [name for name in splits["classes"] if not ranks.get(name)]
+    if empty:  # as the slice unit does: a budget must label every class
+        raise DataError(f"label budget {per_class or fraction} cannot give every class at least one subject: "
+                        f"the training split has no subject of {', '.join(empty)}")
     chosen: list[str] = []
-    for name, ranked in subject_rank(splits).items():
+    for name, ranked in ranks.items():
         chosen += list(ranked[:per_class]) if per_class > 0 else _take(value, ranked)
     return sorted(chosen)
 

@@ -138,3 +138,31 @@ def test_folder_and_manifest_inputs_write_a_csv_with_subject_means(best_pt, tmp_
     with pytest.raises(Exception, match="no images found"):
         (tmp_path / "empty").mkdir()
         predict.main([str(tmp_path / "empty"), "--checkpoint", str(best_pt)])
+
+
+def test_binary_predictions_use_the_runs_validation_thresholds(tmp_path, capsys):
+    import csv
+
+    torch.manual_seed(0)
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = config_to_dict(FinetuneConfig(arch="resnet18", image_size=32, epochs=1, task="binary"))
+    checkpoint.save(checkpoint.make(build_classifier("resnet18", 2), None, None, 1, 1, 0.5, cfg, "resnet18",
+                                    {"classes": ["Non", "Dem"], "image_size": 32, "task": "binary"}), run / "best.pt")
+    scans = [str(write_png(tmp_path / f"S1_{k}.png", seed=k)) for k in range(3)]
+
+    def predicted(*extra) -> tuple[list[str], str]:
+        out = tmp_path / "p.csv"
+        assert predict.main([*scans, "--checkpoint", str(run / "best.pt"), "--csv", str(out),
+                             "--subject-pattern", r"^(S\d)", *extra]) == 0
+        rows = list(csv.DictReader(open(out, newline="")))
+        return [r["predicted"] for r in rows if r["level"] == "image"], rows[-1]["predicted"]
+
+    assert predict.main([*scans, "--checkpoint", str(run / "best.pt"), "--json"]) == 0
+    p_dem = [float(r["probabilities"]["Dem"]) for r in json.loads(capsys.readouterr().out)]
+    argmax = ["Dem" if p > 0.5 else "Non" for p in p_dem]  # no metrics.json: the most probable class
+    assert predicted()[0] == argmax
+    middle = sorted(p_dem)[1]  # a cut-off between the images' probabilities: exactly 2 are positive
+    (run / "metrics.json").write_text(json.dumps({"threshold": middle, "subject_threshold": 1.5}))
+    assert predicted() == (["Dem" if p >= middle else "Non" for p in p_dem], "Non")
+    assert predicted("--threshold", "0") == (["Dem"] * 3, "Dem")  # the flag overrides both

@@ -319,6 +319,17 @@ def test_cell_mixing_label_units_or_folds_with_a_single_split_is_warned(tmp_path
                      "their test subjects overlap"]
 
 
+def test_an_absolute_subject_budget_is_its_own_cell_not_the_full_one(tmp_path):
+    root = tmp_path / "runs"
+    make_run(root, "subject", "simclr", 1.0, 0, 0.9)
+    run = make_run(root, "subject5", "simclr", 1.0, 0, 0.5, label_unit="subject", label_subjects=5)
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps({**metrics, "group_by": "subject", "label_subjects": 5}))
+    rows = report.summarise(report.find_runs([root]))
+    assert sorted((r["protocol"], r["n_seeds"]) for r in rows) == [("subject", 1), ("subject, 5 subj./class", 1)]
+    assert report.consistency_warnings(report.find_runs([root])) == []
+
+
 def test_a_report_inside_its_runs_dir_never_counts_its_own_copies(runs):
     """Issue 18 #8: `report --runs D --out D/report --copy-runs`, twice."""
     args = ["--runs", str(runs), "--out", str(runs / "report"), "--no-gradcam", "--copy-runs"]
