@@ -8,7 +8,7 @@ arm and seed are pooled over their folds, so with K folds every subject is teste
 the slices' mean probabilities (clinical.subject_probabilities).
 
 Intervals over test subjects are percentile intervals of a cluster bootstrap (stats.subject_draws:
-subjects drawn with replacement, all their slices kept). A statistic with several seeds is the mean
+subjects drawn with replacement within their true class, all their slices kept). A statistic with several seeds is the mean
 over seeds on each draw. The paired comparison draws the same subjects for both arms (same folds,
 seeds and label subsets) and bootstraps the difference: the headline table of a comparison.
 """
@@ -76,6 +76,7 @@ class ClinicalStudy:
     table: list[list] = field(default_factory=list)
     subjects_csv: str = ""
     notes: list[str] = field(default_factory=list)
+    binary: bool = False  # some arm has two classes: sensitivity and specificity are shown
 
 
 # --------------------------------------------------------------------------- reading and pooling
@@ -207,7 +208,7 @@ def paired_rows(pooled: Sequence[Pooled], draws: int, seed: int = 0) -> list[lis
             clusters, (rows_a, rows_b) = aligned([arm, reference], level)
             if not len(clusters):
                 continue
-            shared = subject_draws(clusters, draws, seed)
+            shared = subject_draws(clusters, draws, seed, strata=rows_a[0].true)
             line = [plots.percent_labels(frac), f"{plots.arm_label(init, mode)} − {plots.arm_label(REFERENCE_INIT, mode)}",
                     protocol, level]
             for name in PAIRED_METRICS:
@@ -239,7 +240,7 @@ def clinical_rows(pooled: Sequence[Pooled], runs: Sequence[Run], draws: int, see
             clusters, (rows,) = aligned([arm], level)
             if not len(clusters):
                 continue
-            shared = subject_draws(clusters, draws, seed)
+            shared = subject_draws(clusters, draws, seed, strata=rows[0].true)
             binary = len(arm[0].classes) == 2
             prefix = "" if level == "slice" else "subject_"
             bal = bootstrap(seed_mean("balanced_accuracy", rows), len(clusters), shared)
@@ -252,8 +253,7 @@ def clinical_rows(pooled: Sequence[Pooled], runs: Sequence[Run], draws: int, see
             table.append([plots.percent_labels(cell[3]), plots.arm_label(cell[1], cell[2]), cell[0], level,
                           len(set(clusters.tolist())), _ci(bal), _runs_stat(runs, cell, bal_key), _ci(auc),
                           _runs_stat(runs, cell, f"{prefix}auroc"),
-                          *(["–" if math.isnan(v) else f"{100 * v:.1f}" for v in (sens, spec)] if binary else []),
-                          f"{ece:.3f}"])
+                          *["–" if math.isnan(v) else f"{100 * v:.1f}" for v in (sens, spec)], f"{ece:.3f}"])
     return table
 
 
@@ -318,7 +318,7 @@ def clinical_study(runs: Sequence[Run], draws: int = BOOTSTRAP_DRAWS) -> Clinica
         warnings.simplefilter("ignore", RuntimeWarning)
         return ClinicalStudy(pooled, reliability_figures(pooled), paired_rows(pooled, draws),
                              clinical_rows(pooled, runs, draws), subjects_csv(pooled),
-                             class_coverage(pooled) + notes)
+                             class_coverage(pooled) + notes, any(len(p.classes) == 2 for p in pooled))
 
 
 # --------------------------------------------------------------------------- document
@@ -333,7 +333,9 @@ def headline_part(doc: Document, study: ClinicalStudy) -> None:
     doc.para("Difference in points (arm minus random init) on the same test subjects, folds, seeds and label "
              f"subsets; 95 % paired cluster bootstrap over test subjects ({BOOTSTRAP_DRAWS} draws; with several "
              "seeds, each draw averages the seeds). P(Δ>0): share of draws favouring the arm. Balanced accuracy "
-             "at the validation-chosen threshold for a binary task, else of the most probable class.")
+             "at the validation-chosen threshold for a binary task, else of the most probable class."
+             + (" Protocol image has no subjects: its draws resample single images, near-duplicates of their "
+                "neighbours, so its intervals are too narrow." if any(r[2] == "image" for r in study.headline) else ""))
     doc.table(["labels", "comparison", "protocol", "level", "Δ balanced accuracy [95% CI]", "P(Δ>0)",
                "Δ AUROC [95% CI]", "P(Δ>0)", "test subjects", "seeds × folds"], study.headline)
 
@@ -342,16 +344,20 @@ def clinical_part(doc: Document, study: ClinicalStudy) -> None:
     """Pooled clinical metrics, coverage notes, reliability diagrams and the per-subject file."""
     doc.heading(2, "Clinical metrics (pooled out-of-fold test predictions)")
     if study.table:
-        binary = len(study.table[0]) == 12
+        binary = study.binary
+        by_image = any(row[2] == "image" for row in study.table)
         doc.para("Pooled: every tested subject once per seed, seeds averaged; [95 % CI over test subjects, cluster "
                  "bootstrap]. Over runs: mean ± 95 % t-CI over folds × seeds of each run's own number. AUROC: "
                  "one-vs-rest macro (multiclass) or of P(positive) (binary). "
                  + ("Sensitivity and specificity at each run's validation-chosen threshold (Youden's J). "
                     if binary else "")
-                 + "ECE: top-label, 15 equal-width bins. Subject level: slice probabilities averaged per subject.")
+                 + "ECE: top-label, 15 equal-width bins. Subject level: slice probabilities averaged per subject."
+                 + (" Protocol image has no subjects: its units (and CIs) are single images, which are "
+                    "near-duplicates of their neighbours, so those intervals are too narrow." if by_image else ""))
         doc.table(["labels", "arm", "protocol", "level", "subjects", "bal. acc. pooled [CI subjects]",
                    "bal. acc. over runs", "AUROC pooled [CI subjects]", "AUROC over runs",
-                   *(["sensitivity", "specificity"] if binary else []), "ECE"], study.table)
+                   *(["sensitivity", "specificity"] if binary else []), "ECE"],
+                  [row if binary else row[:9] + row[11:] for row in study.table])
     if study.notes:
         doc.items(study.notes)
     for name in sorted(study.figures, key=lambda n: n):

@@ -112,6 +112,9 @@ def _cmd_split(args: argparse.Namespace) -> None:
     if not args.out:
         raise DataError("`split` needs --out FILE (e.g. --out splits.json; with --folds a directory)")
     _check_shares(cfg.val_frac, cfg.test_frac)  # before the slow decode
+    if args.folds and args.test_frac is not None:
+        raise DataError(f"--folds {args.folds} tests 1/{args.folds} of the subjects in each fold; "
+                        "--test-frac does not apply to it (leave it out)")
     images = _load(cfg, "split")
     if args.folds:
         made = folds.make_folds(images, args.folds, cfg.group_by, cfg.val_frac, cfg.split_seed)

@@ -74,6 +74,9 @@ def make_folds(images: ImageSet, n_folds: int, group_by: str = "default", val_fr
     label_of = {g: _group_label(images.labels, m) for g, m in members.items()}
     class_total = np.bincount(images.labels, minlength=len(images.classes))
     rare = rare_class_notes(images, group_ids, n_folds)
+    if images.presplit is not None:  # said, never silent: the folds re-split the given folders
+        rare.insert(0, f"the data comes in {'/'.join(sorted(set(images.presplit)))} folders; the folds pool them "
+                       "and re-split by subject (the folders' own split is not used)")
     out = []
     for fold, tested in enumerate(test_folds(images.labels, group_ids, n_folds, seed)):
         rng = np.random.default_rng([seed, 3, fold])
@@ -125,6 +128,10 @@ def write_folds(folds: list[dict], out_dir: str | Path) -> Path:
         raise DataError(f"--folds writes one split file per fold: give --out a directory, not {out_dir}")
     for split in folds:
         write_splits(split, fold_file(out_dir, split["fold"]))
+    for stale in sorted(out_dir.glob("fold*.json")):  # of an earlier --folds with larger K: never mixed in
+        if stale.stem[4:].isdigit() and int(stale.stem[4:]) >= len(folds):
+            stale.unlink()
+            print(f"removed {stale}: a fold of an earlier split with more folds than {len(folds)}")
     summary = out_dir / SUMMARY_FILE
     atomic_write_text(summary, json.dumps(folds_summary(folds), indent=1, sort_keys=True) + "\n")
     return summary

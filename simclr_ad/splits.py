@@ -231,19 +231,22 @@ def subject_rank(splits: dict) -> dict[str, list[str]]:
 
 def labelled_subjects(splits: dict, fraction: float, per_class: int = 0) -> list[str]:
     """The training subjects labelled at ``fraction`` of each class's subjects (>= 1 per class that has
-    any), or at ``per_class`` subjects of each class when > 0; nested, seeded by the split."""
+    any), or at ``per_class`` subjects of each class when > 0; nested, seeded by the split. A class
+    without training subjects is a DataError, as it is for the slice unit."""
     value = _check_fraction(fraction)
-    stored = (splits.get("subject_fractions") or {}).get(_fraction_key(value)) if per_class <= 0 else None
-    if stored is not None:
-        return list(stored)
     ranks = subject_rank(splits)
     empty = [name for name in splits["classes"] if not ranks.get(name)]
-    if empty:  # as the slice unit does: a budget must label every class
+    if empty:
         raise DataError(f"label budget {per_class or fraction} cannot give every class at least one subject: "
                         f"the training split has no subject of {', '.join(empty)}")
+    stored = (splits.get("subject_fractions") or {}).get(_fraction_key(value)) if per_class <= 0 else None
+    return list(stored) if stored is not None else _subjects_at(ranks, value, per_class)
+
+
+def _subjects_at(ranks: dict[str, list[str]], fraction: float, per_class: int = 0) -> list[str]:
     chosen: list[str] = []
-    for name, ranked in ranks.items():
-        chosen += list(ranked[:per_class]) if per_class > 0 else _take(value, ranked)
+    for ranked in ranks.values():
+        chosen += list(ranked[:per_class]) if per_class > 0 else _take(fraction, ranked)
     return sorted(chosen)
 
 
@@ -341,7 +344,7 @@ def build_split(images: ImageSet, split_of: list[str], group_ids: list[str], gro
         "val": by_split["val"],
         "test": by_split["test"],
         "fractions": {_fraction_key(f): _subset(splits, f) for f in fraction_values},
-        "subject_fractions": {_fraction_key(f): labelled_subjects(splits, f) for f in fraction_values},
+        "subject_fractions": {_fraction_key(f): _subjects_at(subject_rank_, f) for f in fraction_values},
         "counts": image_counts,
         "group_counts": group_counts,
         "group_stats": {"n_groups": int(len(sizes)), "min": int(sizes.min()), "median": float(np.median(sizes)),

@@ -36,15 +36,27 @@ def fixed_percent(value: Any) -> str:
 BOOTSTRAP_DRAWS = 1000
 
 
-def subject_draws(clusters: Sequence[str], draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> list[np.ndarray]:
+def subject_draws(clusters: Sequence[str], draws: int = BOOTSTRAP_DRAWS, seed: int = 0,
+                  strata: Sequence[int] | None = None) -> list[np.ndarray]:
     """Row indices of ``draws`` cluster-bootstrap resamples: test subjects drawn with replacement, each
     with all its rows (slices of one subject are near-duplicates: resampling slices would understate
-    the spread). The same draws serve every arm, which makes a difference between arms paired."""
+    the spread). The same draws serve every arm, which makes a difference between arms paired.
+
+    ``strata`` (per row; a subject's stratum is that of its first row), e.g. the true class: subjects
+    are drawn within each stratum, as many as it has, so every draw keeps every class and its count
+    of subjects (a macro metric then averages the same classes in every draw).
+    """
     clusters = np.asarray([str(c) for c in clusters])
-    names, inverse = np.unique(clusters, return_inverse=True)
+    names, first, inverse = np.unique(clusters, return_index=True, return_inverse=True)
     members = [np.flatnonzero(inverse == k) for k in range(len(names))]
+    of_cluster = np.zeros(len(names), dtype=np.int64) if strata is None else np.asarray(strata)[first]
+    groups = [np.flatnonzero(of_cluster == s) for s in np.unique(of_cluster)]
     rng = np.random.default_rng(seed)
-    return [np.concatenate([members[k] for k in rng.integers(0, len(names), len(names))]) for _ in range(draws)]
+    out = []
+    for _ in range(draws):
+        picked = np.concatenate([group[rng.integers(0, len(group), len(group))] for group in groups])
+        out.append(np.concatenate([members[k] for k in np.sort(picked)]) if len(picked) else np.zeros(0, np.int64))
+    return out
 
 
 def percentile_ci(values: Sequence[float]) -> tuple[float, float]:

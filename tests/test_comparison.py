@@ -66,3 +66,20 @@ def test_report_leads_with_the_paired_table_and_writes_subjects_and_reliability(
     assert lines[0].startswith("protocol,init,mode,label_frac,seed,fold,subject,true,pred,correct,p_Non_Demented")
     assert len(lines) == 1 + 2 * 12  # two arms x 12 subjects, each once
     assert "4 subj. / 40 slices" in text
+
+
+def test_clinical_table_columns_follow_the_task_and_image_units_are_named(fold_runs):
+    from simclr_ad.document import Document
+
+    study = comparison.clinical_study(find_runs([fold_runs]), draws=20)
+    assert study.binary and {len(row) for row in study.table} == {12}
+    doc = Document({})
+    comparison.clinical_part(doc, study)
+    assert "| sensitivity | specificity |" in doc.markdown() and "Protocol image" not in doc.markdown()
+    multiclass = comparison.ClinicalStudy(table=[[*row[:2], "image", *row[3:9], "–", "–", row[11]]
+                                                 for row in study.table], binary=False)
+    doc = Document({})
+    comparison.clinical_part(doc, multiclass)
+    text = doc.markdown()
+    assert "sensitivity" not in text and "Protocol image has no subjects" in text
+    assert all(line.count("|") == 11 for line in text.splitlines() if line.startswith("| "))  # 10 columns

@@ -51,3 +51,8 @@ def test_cli_writes_fold_files_every_stage_reads(tmp_path, capsys):
         data_cli.main(["split", *common, "--folds", "3", "--out", str(tmp_path / "x.json")])
     with pytest.raises(DataError, match="at least 2 folds"):
         data_cli.main(["split", *common, "--folds", "1", "--out", str(tmp_path / "y")])
+    with pytest.raises(DataError, match="--test-frac does not apply"):
+        data_cli.main(["split", *common, "--folds", "3", "--test-frac", "0.3", "--out", str(tmp_path / "z")])
+    data_cli.main(["split", *common, "--folds", "2", "--out", str(tmp_path / "folds")])  # fewer folds, same dir
+    assert "removed" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "folds").glob("fold*.json")) == ["fold0.json", "fold1.json", "folds.json"]

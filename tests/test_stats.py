@@ -15,6 +15,21 @@ def test_draws_resample_whole_subjects():
         assert len({clusters[k] for k in rows}) <= 3
 
 
+def test_stratified_draws_keep_every_class_and_its_subject_count():
+    clusters = ["a", "a", "b", "c", "c", "d", "e"]
+    strata = [0, 0, 0, 1, 1, 1, 2]  # class 0: a, b; class 1: c, d; class 2: e (one subject)
+    subject_class = {"a": 0, "b": 0, "c": 1, "d": 1, "e": 2}
+    seen = set()
+    for rows in stats.subject_draws(clusters, draws=100, seed=3, strata=strata):
+        starts = [k for k in rows if k == 0 or clusters[k - 1] != clusters[k]]  # one per drawn subject
+        drawn = [clusters[k] for k in starts]
+        assert sorted(subject_class[c] for c in drawn) == [0, 0, 1, 1, 2]
+        seen.add(tuple(sorted(drawn)))
+    assert len(seen) > 1  # still a resample, not the identity
+    plain = stats.subject_draws(clusters, draws=100, seed=3)
+    assert any(2 not in {strata[k] for k in rows} for rows in plain)  # unstratified loses the rare class
+
+
 def test_paired_bootstrap_of_identical_arms_is_zero_width():
     rng = np.random.default_rng(0)
     clusters = np.repeat(np.arange(12), 4).astype(str)
