@@ -20,21 +20,14 @@ from pathlib import Path
 import numpy as np
 from simclr_ad.data import DataError, ImageSet
 from simclr_ad.fileio import atomic_write_text
-from simclr_ad.splits import (DEFAULT_FRACTIONS, _assign, _check_shares, _group_ids, _group_label,
-                              _resolve_group_by, build_split, write_splits)
+from simclr_ad.splits import (DEFAULT_FRACTIONS, _assign, _check_shares, _group_ids, _resolve_group_by, build_split,
+                              group_labels, group_members, write_splits)
 
 SUMMARY_FILE = "folds.json"
 
 
 def fold_file(out_dir: str | Path, fold: int) -> Path:
     return Path(out_dir) / f"fold{fold}.json"
-
-
-def _group_members(group_ids: list[str]) -> dict[str, list[int]]:
-    members: dict[str, list[int]] = {}
-    for k, group in enumerate(group_ids):
-        members.setdefault(group, []).append(k)
-    return members
 
 
 def test_folds(labels: np.ndarray, group_ids: list[str], n_folds: int, seed: int) -> list[set[str]]:
@@ -48,8 +41,7 @@ def test_folds(labels: np.ndarray, group_ids: list[str], n_folds: int, seed: int
 
 def rare_class_notes(images: ImageSet, group_ids: list[str], n_folds: int) -> list[str]:
     """A class with fewer subjects than folds is tested in only some folds: say so."""
-    members = _group_members(group_ids)
-    label_of = {g: _group_label(images.labels, m) for g, m in members.items()}
+    label_of = group_labels(images.labels, group_members(group_ids))
     notes = []
     for c, name in enumerate(images.classes):
         n_groups = sum(1 for g in label_of.values() if g == c)
@@ -68,10 +60,10 @@ def make_folds(images: ImageSet, n_folds: int, group_by: str = "default", val_fr
     _check_shares(val_frac, 1.0 / n_folds)
     resolved = _resolve_group_by(images, group_by)
     group_ids, grouping = _group_ids(images, resolved)
-    members = _group_members(group_ids)
+    members = group_members(group_ids)
     if len(members) < n_folds:
         raise DataError(f"--folds {n_folds} needs at least {n_folds} groups; the data has {len(members)}")
-    label_of = {g: _group_label(images.labels, m) for g, m in members.items()}
+    label_of = group_labels(images.labels, members)
     class_total = np.bincount(images.labels, minlength=len(images.classes))
     rare = rare_class_notes(images, group_ids, n_folds)
     if images.presplit is not None:  # said, never silent: the folds re-split the given folders

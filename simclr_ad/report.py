@@ -437,12 +437,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stage log of scripts/real_results.sh: written as RUN.md in REPORT_DIR")
     parser.add_argument("--num-threads", type=int, default=0, metavar="N",
                         help="torch CPU threads (0: torch's default; 1 is fastest on a busy shared CPU)")
+    parser.add_argument("--subject-aggregation", choices=("mean", "vote"), default="mean",
+                        help="pooled subject level: mean slice probabilities (default; the run's validation "
+                             "threshold applies) or each class's share of slice predictions (majority vote)")
     return parser
 
 
 def run(runs: Sequence[str] = (), out: str | Path = "report", gradcam_per_class: int = 2, no_gradcam: bool = False,
         pretrain: str | None = None, copy_runs: bool = False, ablation: str | None = None, stages: str | None = None,
-        num_threads: int = 0) -> Path:
+        num_threads: int = 0, subject_aggregation: str = "mean") -> Path:
     """The report of fine-tune runs under ``runs`` (or of an ablation, or of a pretrain run alone) in ``out``.
 
     The keyword arguments are the command line's flags (``python -m simclr_ad.report --help``).
@@ -466,11 +469,11 @@ def run(runs: Sequence[str] = (), out: str | Path = "report", gradcam_per_class:
         return out
     if not runs:
         raise ReportError("give --runs DIR (fine-tune runs) and/or --pretrain RUN_DIR")
-    return write_report(list(runs), out, gradcam_per_class, no_gradcam, pretrain, copy_runs)
+    return write_report(list(runs), out, gradcam_per_class, no_gradcam, pretrain, copy_runs, subject_aggregation)
 
 
 def write_report(roots: list[str], out: Path, gradcam_per_class: int, no_gradcam: bool, pretrain: str | None,
-                 copy_runs: bool) -> Path:
+                 copy_runs: bool, subject_aggregation: str = "mean") -> Path:
     """report.md, report.html, summary.csv and the figures of the fine-tune runs under ``roots``."""
     # ---------------------------------------------------------------- runs and statistics
     runs = find_runs(roots)
@@ -490,7 +493,7 @@ def write_report(roots: list[str], out: Path, gradcam_per_class: int, no_gradcam
     if curve:
         figures["pretrain_curve.png"] = curve
     figures.update(confusion_figures(runs))
-    clinical_study = comparison.clinical_study(runs)
+    clinical_study = comparison.clinical_study(runs, how=subject_aggregation)
     figures.update(clinical_study.figures)
     if clinical_study.subjects_csv:
         atomic_write_text(out / "subjects.csv", clinical_study.subjects_csv)

@@ -107,14 +107,13 @@ def detection_metrics(y_true: Sequence[int], score: Sequence[float], threshold: 
     AUROC is NaN when only one class is present; sensitivity (specificity) is NaN without positives
     (negatives).
     """
-    from sklearn.metrics import roc_auc_score
+    from simclr_ad import clinical  # the classifiers' AUROC, sensitivity and specificity, one definition
 
     truth, score = np.asarray(y_true).astype(int), np.asarray(score, dtype=float)
-    said = score >= threshold
+    auroc = clinical.auroc(truth, np.stack([1 - score, score], axis=1))
+    sensitivity, specificity = clinical.sensitivity_specificity(truth, (score >= threshold).astype(int))
     positives, negatives = truth == 1, truth == 0
     return {
-        "auroc": float(roc_auc_score(truth, score)) if positives.any() and negatives.any() else float("nan"),
-        "sensitivity": float((said & positives).sum() / positives.sum()) if positives.any() else float("nan"),
-        "specificity": float((~said & negatives).sum() / negatives.sum()) if negatives.any() else float("nan"),
+        "auroc": auroc, "sensitivity": float(sensitivity), "specificity": float(specificity),
         "n_positive": int(positives.sum()), "n_negative": int(negatives.sum()), "threshold": threshold,
     }

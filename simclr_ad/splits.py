@@ -118,14 +118,26 @@ def _group_label(labels: np.ndarray, members: list[int]) -> int:
     return int(np.argmax(counts))  # majority; ties to the lower class index
 
 
+def group_members(group_ids: Sequence[str], keep: Sequence[bool] | None = None) -> dict[str, list[int]]:
+    """Each group's image indices (only those with ``keep`` true when given), groups in first-seen order."""
+    members: dict[str, list[int]] = {}
+    for k, group in enumerate(group_ids):
+        if keep is None or keep[k]:
+            members.setdefault(group, []).append(k)
+    return members
+
+
+def group_labels(labels: np.ndarray, members: dict[str, list[int]]) -> dict[str, int]:
+    """Each group's majority class."""
+    return {g: _group_label(labels, m) for g, m in members.items()}
+
+
 def _split_groups(images: ImageSet, group_ids: list[str], val_frac: float, test_frac: float,
                   seed: int) -> tuple[list[str], list[str]]:
     """Split per image, and warnings. Pre-split layouts keep their folders (val carved from train if absent)."""
     rng = np.random.default_rng(seed)
-    members: dict[str, list[int]] = {}
-    for idx, group in enumerate(group_ids):
-        members.setdefault(group, []).append(idx)
-    label_of = {g: _group_label(images.labels, m) for g, m in members.items()}
+    members = group_members(group_ids)
+    label_of = group_labels(images.labels, members)
     class_total = np.bincount(images.labels, minlength=len(images.classes))
     notes: list[str] = []
     if images.presplit is not None:
@@ -232,13 +244,14 @@ def subject_rank(splits: dict) -> dict[str, list[str]]:
 def labelled_subjects(splits: dict, fraction: float, per_class: int = 0) -> list[str]:
     """The training subjects labelled at ``fraction`` of each class's subjects (>= 1 per class that has
     any), or at ``per_class`` subjects of each class when > 0; nested, seeded by the split. A class
-    without training subjects is a DataError, as it is for the slice unit."""
+    without training images is a DataError, as it is for the slice unit. (A subject counts for its
+    majority class: a class that is never a majority, e.g. tumour slices, still comes with its subjects.)"""
     value = _check_fraction(fraction)
     ranks = subject_rank(splits)
-    empty = [name for name in splits["classes"] if not ranks.get(name)]
+    empty = [name for name in splits["classes"] if not splits["train_rank"].get(name)]
     if empty:
-        raise DataError(f"label budget {per_class or fraction} cannot give every class at least one subject: "
-                        f"the training split has no subject of {', '.join(empty)}")
+        raise DataError(f"label budget {per_class or fraction} cannot label every class: "
+                        f"the training split has no image of {', '.join(empty)}")
     stored = (splits.get("subject_fractions") or {}).get(_fraction_key(value)) if per_class <= 0 else None
     return list(stored) if stored is not None else _subjects_at(ranks, value, per_class)
 
@@ -323,13 +336,10 @@ def build_split(images: ImageSet, split_of: list[str], group_ids: list[str], gro
         members = sorted(p for p, t, y in zip(images.paths, split_of, images.labels) if t == "train" and y == c)
         train_rank[name] = [members[k] for k in rng.permutation(len(members))]
     subject_rng = np.random.default_rng([seed, 2])  # and the subject ranking its own
-    train_members: dict[str, list[int]] = {}
-    for k, (group, split) in enumerate(zip(group_ids, split_of)):
-        if split == "train":
-            train_members.setdefault(group, []).append(k)
+    train_label = group_labels(images.labels, group_members(group_ids, [t == "train" for t in split_of]))
     subject_rank_ = {}
     for c, name in enumerate(images.classes):
-        members = sorted(g for g, m in train_members.items() if _group_label(images.labels, m) == c)
+        members = sorted(g for g, label in train_label.items() if label == c)
         subject_rank_[name] = [members[k] for k in subject_rng.permutation(len(members))]
     splits = {"train": by_split["train"], "train_rank": train_rank, "classes": list(images.classes),
               "groups": dict(zip(images.paths, group_ids)), "train_subject_rank": subject_rank_}

@@ -155,11 +155,11 @@ def test_label_subset_names_a_class_without_training_images(ph_splits):
         splits.label_subset(s, 0.2)
 
 
-def test_subject_budget_names_a_class_without_training_subjects(ph_splits):
+def test_subject_budget_names_a_class_without_training_images(ph_splits):
     s = dict(ph_splits["subject"])
-    s["train_subject_rank"] = {**splits.subject_rank(s), "Moderate_Demented": []}
-    for fraction, per_class in ((0.3, 0), (1.0, 2)):  # 0.3 is not stored: drawn from the ranking
-        with pytest.raises(UserError, match="subject of Moderate_Demented"):
+    s["train_rank"] = {**s["train_rank"], "Moderate_Demented": []}
+    for fraction, per_class in ((0.1, 0), (0.3, 0), (1.0, 2)):  # 0.1 is stored, 0.3 drawn from the ranking
+        with pytest.raises(UserError, match="no image of Moderate_Demented"):
             splits.label_subset(s, fraction, "subject", per_class)
 
 
