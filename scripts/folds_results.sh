@@ -5,7 +5,7 @@
 #   1. `data split --folds 5 --group-by auto`: 5 subject-grouped, class-stratified folds, each subject tested once;
 #   2. SimCLR pretraining once, on all images (labels unused), with fold 0's split for the kNN monitor;
 #   3. per fold: fine-tune sweep at 1 / 10 / 100 % of the training subjects (--label-unit subject), both arms,
-#      seed 0, on that fold's split;
+#      seed 0, on that fold's split; then the reference baselines on the same split and subjects;
 #   4. the report pooled over the folds into results/alzheimer_folds/: report.md (headline: the paired
 #      difference SimCLR - random with its CI over test subjects; AUROC, sensitivity, specificity, ECE,
 #      reliability diagrams), summary.csv, subjects.csv, runs/ (records and predictions) and RUN.md.
@@ -36,6 +36,11 @@ for fold in $FOLDS; do
   stage "finetune-fold$fold" python -m simclr_ad.finetune --config "$CONFIG" --data-dir "$DATA" \
     --splits "$RUNS/folds/fold$fold.json" --sweep --task binary --label-unit subject --inits simclr random \
     "${GRID[@]}" --encoder "$RUNS/pretrain/encoder.pt" --no-progress --out "$RUNS/finetune/fold$fold"
+  # what the networks must beat, on the same fold and labelled subjects: majority, raw-pixel kNN and
+  # logistic regression, kNN on frozen random-init and SimCLR features (minutes, not hours)
+  stage "baselines-fold$fold" python -m simclr_ad.baselines --config "$CONFIG" --data-dir "$DATA" \
+    --splits "$RUNS/folds/fold$fold.json" --task binary --label-unit subject "${GRID[@]}" \
+    --encoder "$RUNS/pretrain/encoder.pt" --no-progress --out "$RUNS/finetune/fold$fold"
 done
 
 cp "$RUNS/folds/folds.json" "$OUT/folds.json"  # which subjects each fold tested (inferred group ids, no data)
