@@ -77,7 +77,6 @@ class ClinicalStudy:
     subjects_csv: str = ""
     notes: list[str] = field(default_factory=list)
     binary: bool = False  # some arm has two classes: sensitivity and specificity are shown
-    aggregation: str = "mean"  # of a subject's slices (clinical.AGGREGATIONS)
 
 
 # --------------------------------------------------------------------------- reading and pooling
@@ -94,22 +93,20 @@ def read_predictions(path) -> tuple[list[str], list[str], np.ndarray, np.ndarray
             dtype=np.int64), probabilities.reshape(len(rows), len(classes)), classes)
 
 
-def _run_levels(run: Run, how: str = "mean") -> tuple[dict[str, Rows], list[str]]:
+def _run_levels(run: Run) -> tuple[dict[str, Rows], list[str]]:
     paths, groups, true, probabilities, classes = read_predictions(run.path / "predictions.csv")
     fold = np.full(len(paths), run.get("fold", -1) if run.get("fold") is not None else -1)
     levels = {"slice": Rows(np.asarray(paths), np.asarray(groups), true, probabilities,
                             clinical.predict_at(probabilities, run.get("threshold")), fold)}
     if run.group_by != "image" and len(paths):
-        names, s_true, s_probs = clinical.subject_probabilities(probabilities, true, groups, how)
-        threshold = run.get("subject_threshold") if how == "mean" else None  # vote: the majority of slices
+        names, s_true, s_probs = clinical.subject_probabilities(probabilities, true, groups)
         levels["subject"] = Rows(np.asarray(names), np.asarray(names), s_true, s_probs,
-                                 clinical.predict_at(s_probs, threshold), fold[:len(names)])
+                                 clinical.predict_at(s_probs, run.get("subject_threshold")), fold[:len(names)])
     return levels, classes
 
 
-def pool(runs: Sequence[Run], how: str = "mean") -> tuple[list[Pooled], list[str]]:
-    """Per arm and seed, the trained runs' test rows concatenated over folds; notes on what is left out.
-    ``how``: the subject aggregation (clinical.AGGREGATIONS)."""
+def pool(runs: Sequence[Run]) -> tuple[list[Pooled], list[str]]:
+    """Per arm and seed, the trained runs' test rows concatenated over folds; notes on what is left out."""
     by_key: dict[tuple, list[Run]] = {}
     for run in runs:
         if run.complete and run.mode != "reference" and (run.path / "predictions.csv").is_file():
@@ -120,7 +117,7 @@ def pool(runs: Sequence[Run], how: str = "mean") -> tuple[list[Pooled], list[str
         members.sort(key=lambda r: (r.get("fold") is None, r.get("fold") or 0))
         parts, classes, folds = {level: [] for level in LEVELS}, None, []
         for run in members:
-            levels, run_classes = _run_levels(run, how)
+            levels, run_classes = _run_levels(run)
             if classes is not None and (run_classes != classes or run.get("fold") in folds):
                 notes.append(f"{run.path}: left out of the pooled predictions (another class list, or fold "
                              f"{run.get('fold')} counted twice)")
@@ -312,17 +309,16 @@ def reliability_figures(pooled: Sequence[Pooled]) -> dict[str, bytes]:
             for name, bins in figures.items()}
 
 
-def clinical_study(runs: Sequence[Run], draws: int = BOOTSTRAP_DRAWS, how: str = "mean") -> ClinicalStudy:
-    """Everything the clinical part of the report shows, from the runs' stored predictions; ``how``
-    aggregates a subject's slices: ``mean`` probabilities (the default), or ``vote`` shares."""
-    pooled, notes = pool(runs, how)
+def clinical_study(runs: Sequence[Run], draws: int = BOOTSTRAP_DRAWS) -> ClinicalStudy:
+    """Everything the clinical part of the report shows, from the runs' stored predictions."""
+    pooled, notes = pool(runs)
     if not pooled:
         return ClinicalStudy(notes=["no run holds predictions.csv: no pooled, per-subject or paired results"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return ClinicalStudy(pooled, reliability_figures(pooled), paired_rows(pooled, draws),
                              clinical_rows(pooled, runs, draws), subjects_csv(pooled),
-                             class_coverage(pooled) + notes, any(len(p.classes) == 2 for p in pooled), how)
+                             class_coverage(pooled) + notes, any(len(p.classes) == 2 for p in pooled))
 
 
 # --------------------------------------------------------------------------- document
@@ -355,9 +351,7 @@ def clinical_part(doc: Document, study: ClinicalStudy) -> None:
                  "one-vs-rest macro (multiclass) or of P(positive) (binary). "
                  + ("Sensitivity and specificity at each run's validation-chosen threshold (Youden's J). "
                     if binary else "")
-                 + "ECE: top-label, 15 equal-width bins. Subject level: "
-                 + ("slice probabilities averaged per subject." if study.aggregation == "mean" else
-                    "each class's share of the subject's slice predictions (majority vote; no threshold).")
+                 + "ECE: top-label, 15 equal-width bins. Subject level: slice probabilities averaged per subject."
                  + (" Protocol image has no subjects: its units (and CIs) are single images, which are "
                     "near-duplicates of their neighbours, so those intervals are too narrow." if by_image else ""))
         doc.table(["labels", "arm", "protocol", "level", "subjects", "bal. acc. pooled [CI subjects]",

@@ -228,6 +228,8 @@ class FinetuneConfig(AugmentConfig, CommonConfig):
                "counts subjects: it needs label_unit subject or auto, not slice")
         _check(not (self.label_subjects and self.sweep), "label_subjects",
                "is a single run's budget; a sweep's grid is --fractions (of subjects, with label_unit subject)")
+        _check(not (self.label_subjects and self.label_frac != 1), "label_subjects",
+               f"replaces label_frac ({self.label_frac}); leave label_frac at 1 with it")
         for frac in self.fractions:
             _check(0 < frac <= 1, "fractions", f"contains {frac}; every fraction must be in (0, 1]")
         _check(self.mode in ("finetune", "linear"), "mode", "must be finetune or linear")

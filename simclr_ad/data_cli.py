@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -111,14 +112,16 @@ def _cmd_split(args: argparse.Namespace) -> None:
     cfg = config_from_args(CommonConfig, None, args)
     if not args.out:
         raise DataError("`split` needs --out FILE (e.g. --out splits.json; with --folds a directory)")
-    _check_shares(cfg.val_frac, cfg.test_frac)  # before the slow decode
     if args.folds and args.test_frac is not None:
         raise DataError(f"--folds {args.folds} tests 1/{args.folds} of the subjects in each fold; "
                         "--test-frac does not apply to it (leave it out)")
+    _check_shares(cfg.val_frac, cfg.test_frac)  # before the slow decode
     images = _load(cfg, "split")
     if args.folds:
         made = folds.make_folds(images, args.folds, cfg.group_by, cfg.val_frac, cfg.split_seed)
-        summary = folds.write_folds(made, args.out)
+        summary, removed = folds.write_folds(made, args.out)
+        for path in removed:
+            print(f"removed {path}: a fold of an earlier split there with more than {args.folds} folds", file=sys.stderr)
         print(json.dumps(json.loads(summary.read_text()), indent=2) if args.json else
               f"wrote {args.folds} fold split files and {summary}: {len(images)} images from {images.root}\n"
               + folds.format_folds(made))

@@ -39,9 +39,10 @@ def test_folds(labels: np.ndarray, group_ids: list[str], n_folds: int, seed: int
     return [set(groups[test].tolist()) for _, test in splitter.split(np.zeros(len(labels)), labels, groups)]
 
 
-def rare_class_notes(images: ImageSet, group_ids: list[str], n_folds: int) -> list[str]:
+def rare_class_notes(images: ImageSet, group_ids: list[str], n_folds: int,
+                     label_of: dict[str, int] | None = None) -> list[str]:
     """A class with fewer subjects than folds is tested in only some folds: say so."""
-    label_of = group_labels(images.labels, group_members(group_ids))
+    label_of = group_labels(images.labels, group_members(group_ids)) if label_of is None else label_of
     notes = []
     for c, name in enumerate(images.classes):
         n_groups = sum(1 for g in label_of.values() if g == c)
@@ -65,7 +66,7 @@ def make_folds(images: ImageSet, n_folds: int, group_by: str = "default", val_fr
         raise DataError(f"--folds {n_folds} needs at least {n_folds} groups; the data has {len(members)}")
     label_of = group_labels(images.labels, members)
     class_total = np.bincount(images.labels, minlength=len(images.classes))
-    rare = rare_class_notes(images, group_ids, n_folds)
+    rare = rare_class_notes(images, group_ids, n_folds, label_of)
     if images.presplit is not None:  # said, never silent: the folds re-split the given folders
         rare.insert(0, f"the data comes in {'/'.join(sorted(set(images.presplit)))} folders; the folds pool them "
                        "and re-split by subject (the folders' own split is not used)")
@@ -75,7 +76,7 @@ def make_folds(images: ImageSet, n_folds: int, group_by: str = "default", val_fr
         split_of = ["test" if g in tested else "train" for g in group_ids]
         for c in range(len(images.classes)):
             names = sorted(g for g in members if label_of[g] == c and g not in tested)
-            if not names:
+            if len(names) < 2:  # a class's only subject outside the test part trains; val goes without it
                 continue
             for group, split in _assign(names, {g: len(members[g]) for g in names},
                                         {"val": val_frac * class_total[c]}, rng).items():
@@ -113,20 +114,24 @@ def folds_summary(folds: list[dict]) -> dict:
             + [n for f in folds for n in f["notes"] if n.startswith("fold ")]}
 
 
-def write_folds(folds: list[dict], out_dir: str | Path) -> Path:
-    """fold<k>.json per fold and folds.json (the summary) in ``out_dir``; returns the summary's path."""
+def write_folds(folds: list[dict], out_dir: str | Path) -> tuple[Path, list[Path]]:
+    """fold<k>.json per fold and folds.json (the summary) in ``out_dir``; returns the summary's path and
+    the fold files of an earlier, larger K that it removed (never mixed in with the new folds)."""
     out_dir = Path(out_dir)
     if out_dir.suffix == ".json":
         raise DataError(f"--folds writes one split file per fold: give --out a directory, not {out_dir}")
     for split in folds:
         write_splits(split, fold_file(out_dir, split["fold"]))
-    for stale in sorted(out_dir.glob("fold*.json")):  # of an earlier --folds with larger K: never mixed in
-        if stale.stem[4:].isdigit() and int(stale.stem[4:]) >= len(folds):
-            stale.unlink()
-            print(f"removed {stale}: a fold of an earlier split with more folds than {len(folds)}")
     summary = out_dir / SUMMARY_FILE
+    try:
+        before = int(json.loads(summary.read_text())["n_folds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        before = 0
+    removed = [fold_file(out_dir, k) for k in range(len(folds), before) if fold_file(out_dir, k).is_file()]
+    for path in removed:
+        path.unlink()
     atomic_write_text(summary, json.dumps(folds_summary(folds), indent=1, sort_keys=True) + "\n")
-    return summary
+    return summary, removed
 
 
 def format_folds(folds: list[dict]) -> str:

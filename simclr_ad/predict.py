@@ -78,19 +78,40 @@ def load_classifier(path: str | Path) -> tuple[Classifier, dict[str, Any]]:
     model.eval()
     info = {"arch": ckpt["arch"], "classes": classes, "image_size": int(extra["image_size"]),
             "task": extra.get("task", config.get("task")), "config": config,
-            "cam_layer": str(config.get("cam_layer", "auto")), **_thresholds(Path(path), len(classes))}
+            "cam_layer": str(config.get("cam_layer", "auto")), **_thresholds(Path(path), classes)}
     return model, info
 
 
-def _thresholds(path: Path, n_classes: int) -> dict[str, float | None]:
-    """The binary thresholds the run chose on validation (metrics.json next to best.pt), else None."""
+def _thresholds(path: Path, classes: list[str]) -> dict[str, float | None]:
+    """The binary thresholds the run chose on validation (its metrics.json next to best.pt, when that
+    names the same classes), else None. A run without subjects (image split) has no subject threshold:
+    its image threshold serves the subject rows too."""
     try:
-        metrics = json.loads((path.parent / "metrics.json").read_text()) if n_classes == 2 else {}
+        metrics = json.loads((path.parent / "metrics.json").read_text()) if len(classes) == 2 else {}
     except (OSError, ValueError):
         metrics = {}
-    metrics = metrics if isinstance(metrics, dict) else {}
-    return {key: (float(metrics[key]) if isinstance(metrics.get(key), (int, float)) else None)
-            for key in ("threshold", "subject_threshold")}
+    if not isinstance(metrics, dict) or [str(c) for c in metrics.get("classes") or []] != classes:
+        metrics = {}
+    found = {key: (float(metrics[key]) if isinstance(metrics.get(key), (int, float)) else None)
+             for key in ("threshold", "subject_threshold")}
+    found["subject_threshold"] = found["subject_threshold"] if found["subject_threshold"] is not None \
+        else found["threshold"]
+    return found
+
+
+def _apply_threshold(info: dict[str, Any], threshold: float | None, where: str) -> None:
+    """--threshold over the run's own; say on stderr which cut-off the binary predictions use."""
+    if threshold is not None:
+        if len(info["classes"]) != 2 or not 0 <= threshold <= 1:
+            raise UserError(f"--threshold {threshold}: a cut-off in [0, 1] on P({info['classes'][-1]}), for a "
+                            f"binary checkpoint; {where} has {len(info['classes'])} classes")
+        info.update(threshold=threshold, subject_threshold=threshold)
+    if len(info["classes"]) == 2:
+        source = "--threshold" if threshold is not None else "chosen on validation (metrics.json)"
+        text = (f"P({info['classes'][1]}) >= {info['threshold']:.4g} per image, >= {info['subject_threshold']:.4g} "
+                f"per subject, {source}" if info["threshold"] is not None else
+                "the most probable class (no metrics.json with thresholds beside the checkpoint)")
+        print(f"binary predictions: {text}", file=sys.stderr)
 
 
 def class_probabilities(model: torch.nn.Module, inputs: torch.Tensor, batch_size: int = 64) -> np.ndarray:
@@ -295,8 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.gradcam and Path(args.gradcam).exists() and not Path(args.gradcam).is_dir():
         raise UserError(f"--gradcam {args.gradcam} is a file; give a directory for the overlay PNGs")
     model, info = load_classifier(args.checkpoint)
-    if args.threshold is not None:
-        info.update(threshold=args.threshold, subject_threshold=args.threshold)
+    _apply_threshold(info, args.threshold, args.checkpoint)
     classes, size = info["classes"], info["image_size"]
     inputs_given, known = expand_inputs(args.images, args.subject_pattern)
     volume_results = _predict_volumes(model, info, inputs_given, args.gradcam)

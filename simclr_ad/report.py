@@ -52,7 +52,7 @@ CLINICAL_METRICS = tuple(f"{level}{m}" for level in ("", "subject_") for m in
 METRIC_TITLES = {"balanced_accuracy": "Balanced accuracy", "accuracy": "Accuracy", "macro_f1": "Macro-F1"}
 REFERENCE_MODE = plots.REFERENCE_MODE  # the mode of simclr_ad.baselines' runs
 SETTING_KEYS = ("arch", "image_size", "epochs", "task", "data", "pretrain_on", "encoder_sha256",  # agree within a cell
-                "label_unit", "label_subjects")
+                "label_unit", "label_subjects", "n_folds", "split_seed")
 
 
 
@@ -285,7 +285,8 @@ def _reference_table(doc: Document, rows: Sequence[dict], protocol: str) -> None
 
 def _inflation_tables(doc: Document, rows: Sequence[dict]) -> None:
     protocols = {r["protocol"] for r in rows}
-    grouped = [p for p in sorted(protocols, key=lambda p: sort_key(p, "", "")) if p != "image"]
+    grouped = [p for p in sorted(protocols, key=lambda p: sort_key(p, "", "")) if p != "image" and "," not in p]
+    # ("subject, N subj./class" cells have an absolute budget: no image-split cell is their counterpart)
     if "image" not in protocols or not grouped:
         doc.para("Only one protocol present"
                  + (f" ({', '.join(sorted(protocols))})" if protocols else "")
@@ -437,15 +438,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stage log of scripts/real_results.sh: written as RUN.md in REPORT_DIR")
     parser.add_argument("--num-threads", type=int, default=0, metavar="N",
                         help="torch CPU threads (0: torch's default; 1 is fastest on a busy shared CPU)")
-    parser.add_argument("--subject-aggregation", choices=("mean", "vote"), default="mean",
-                        help="pooled subject level: mean slice probabilities (default; the run's validation "
-                             "threshold applies) or each class's share of slice predictions (majority vote)")
     return parser
 
 
 def run(runs: Sequence[str] = (), out: str | Path = "report", gradcam_per_class: int = 2, no_gradcam: bool = False,
         pretrain: str | None = None, copy_runs: bool = False, ablation: str | None = None, stages: str | None = None,
-        num_threads: int = 0, subject_aggregation: str = "mean") -> Path:
+        num_threads: int = 0) -> Path:
     """The report of fine-tune runs under ``runs`` (or of an ablation, or of a pretrain run alone) in ``out``.
 
     The keyword arguments are the command line's flags (``python -m simclr_ad.report --help``).
@@ -469,11 +467,11 @@ def run(runs: Sequence[str] = (), out: str | Path = "report", gradcam_per_class:
         return out
     if not runs:
         raise ReportError("give --runs DIR (fine-tune runs) and/or --pretrain RUN_DIR")
-    return write_report(list(runs), out, gradcam_per_class, no_gradcam, pretrain, copy_runs, subject_aggregation)
+    return write_report(list(runs), out, gradcam_per_class, no_gradcam, pretrain, copy_runs)
 
 
 def write_report(roots: list[str], out: Path, gradcam_per_class: int, no_gradcam: bool, pretrain: str | None,
-                 copy_runs: bool, subject_aggregation: str = "mean") -> Path:
+                 copy_runs: bool) -> Path:
     """report.md, report.html, summary.csv and the figures of the fine-tune runs under ``roots``."""
     # ---------------------------------------------------------------- runs and statistics
     runs = find_runs(roots)
@@ -493,7 +491,7 @@ def write_report(roots: list[str], out: Path, gradcam_per_class: int, no_gradcam
     if curve:
         figures["pretrain_curve.png"] = curve
     figures.update(confusion_figures(runs))
-    clinical_study = comparison.clinical_study(runs, how=subject_aggregation)
+    clinical_study = comparison.clinical_study(runs)
     figures.update(clinical_study.figures)
     if clinical_study.subjects_csv:
         atomic_write_text(out / "subjects.csv", clinical_study.subjects_csv)

@@ -224,7 +224,8 @@ def sort_key(protocol: str, init: str, mode: str, frac: float = 0.0) -> tuple:
     def rank(value: str, order: Sequence[str]) -> tuple[int, str]:
         return (order.index(value) if value in order else len(order), value)
 
-    return rank(protocol, PROTOCOL_ORDER), rank(init, INIT_ORDER), rank(mode, MODE_ORDER), frac
+    grouping = protocol.split(",")[0]  # "subject, 5 subj./class" sorts with "subject", after it
+    return (rank(grouping, PROTOCOL_ORDER), protocol), rank(init, INIT_ORDER), rank(mode, MODE_ORDER), frac
 
 
 

@@ -19,6 +19,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from simclr_ad import clinical
+
 
 def _as_bool(mask: np.ndarray) -> np.ndarray:
     return np.asarray(mask).astype(bool)
@@ -107,12 +109,13 @@ def detection_metrics(y_true: Sequence[int], score: Sequence[float], threshold: 
     AUROC is NaN when only one class is present; sensitivity (specificity) is NaN without positives
     (negatives).
     """
-    from simclr_ad import clinical  # the classifiers' AUROC, sensitivity and specificity, one definition
-
     truth, score = np.asarray(y_true).astype(int), np.asarray(score, dtype=float)
-    auroc = clinical.auroc(truth, np.stack([1 - score, score], axis=1))
-    sensitivity, specificity = clinical.sensitivity_specificity(truth, (score >= threshold).astype(int))
     positives, negatives = truth == 1, truth == 0
+    if not len(truth):
+        auroc = sensitivity = specificity = float("nan")
+    else:  # the classifiers' definitions (clinical.py)
+        auroc = clinical.auroc(truth, np.stack([1 - score, score], axis=1))
+        sensitivity, specificity = clinical.sensitivity_specificity(truth, (score >= threshold).astype(int))
     return {
         "auroc": auroc, "sensitivity": float(sensitivity), "specificity": float(specificity),
         "n_positive": int(positives.sum()), "n_negative": int(negatives.sum()), "threshold": threshold,

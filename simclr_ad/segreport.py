@@ -6,8 +6,8 @@ Writes ``segmentation.md``, ``segmentation_summary.csv``, ``dice_vs_masks.png`` 
 ``overlays_mask<F>.png``: the same test slices (the largest true masks, one per test patient
 first) under every arm, with the truth as a green contour and the prediction in red. Overlays
 need the runs' best.pt and the data their config.yaml names; without them they are skipped and
-said so. ``--detection`` adds AUROC, sensitivity and specificity (at p >= 0.5) of fine-tune runs
-whose predictions.csv has a tumour column. Missing or partial runs are listed, never dropped.
+said so. ``--detection`` adds AUROC, sensitivity and specificity (at the run's validation-chosen
+threshold, else p >= 0.5) of fine-tune runs whose predictions.csv has a tumour column. Missing or partial runs are listed, never dropped.
 """
 from __future__ import annotations
 
@@ -101,8 +101,11 @@ def detection_rows(runs: Sequence[dict]) -> list[dict]:
         if column is None:
             continue
         positive = column[2:]
+        chosen = run.get("threshold")  # the run's validation cut-off on P(class 1), as predict applies it
+        threshold = chosen if isinstance(chosen, (int, float)) and list(run.get("classes") or [])[-1:] == [positive] \
+            else 0.5
         cells[(run["init"], float(run["label_frac"]))].append(segmetrics.detection_metrics(
-            [int(r["true"] == positive) for r in table], [float(r[column]) for r in table]))
+            [int(r["true"] == positive) for r in table], [float(r[column]) for r in table], threshold))
     rows = []
     for (init, frac), members in sorted(cells.items(), key=lambda kv: (_arm_key(kv[0][0]), kv[0][1])):
         row: dict[str, Any] = {"init": init, "label_frac": frac, "n_seeds": len(members)}
@@ -248,7 +251,8 @@ def document(seg: Sequence[dict], det: Sequence[dict], partial: Sequence[Path], 
         lines += ["", "![Dice vs masked-patient fraction](dice_vs_masks.png)"]
     if det:
         lines += ["", "## Detection (tumour slice or not)", "",
-                  "Fine-tune runs' test predictions, positive = tumour, threshold p ≥ 0.5.", "",
+                  "Fine-tune runs' test predictions, positive = tumour, at each run's validation-chosen "
+                  "threshold (Youden's J), else p ≥ 0.5.", "",
                   "| arm | labelled slices | seeds | AUROC | sensitivity | specificity |", "|---|---|---|---|---|---|"]
         lines += [f"| {r['init']} | {100 * r['label_frac']:g} % | {r['n_seeds']} | "
                   + " | ".join(_fmt(r[k], r[f"{k}_ci95"]) for k in ("auroc", "sensitivity", "specificity")) + " |"

@@ -247,13 +247,15 @@ def labelled_subjects(splits: dict, fraction: float, per_class: int = 0) -> list
     without training images is a DataError, as it is for the slice unit. (A subject counts for its
     majority class: a class that is never a majority, e.g. tumour slices, still comes with its subjects.)"""
     value = _check_fraction(fraction)
-    ranks = subject_rank(splits)
+    _every_class_in_train(splits, f"label budget {per_class or fraction}")
+    stored = (splits.get("subject_fractions") or {}).get(_fraction_key(value)) if per_class <= 0 else None
+    return list(stored) if stored is not None else _subjects_at(subject_rank(splits), value, per_class)
+
+
+def _every_class_in_train(splits: dict, budget: str) -> None:
     empty = [name for name in splits["classes"] if not splits["train_rank"].get(name)]
     if empty:
-        raise DataError(f"label budget {per_class or fraction} cannot label every class: "
-                        f"the training split has no image of {', '.join(empty)}")
-    stored = (splits.get("subject_fractions") or {}).get(_fraction_key(value)) if per_class <= 0 else None
-    return list(stored) if stored is not None else _subjects_at(ranks, value, per_class)
+        raise DataError(f"{budget} cannot label every class: the training split has no image of {', '.join(empty)}")
 
 
 def _subjects_at(ranks: dict[str, list[str]], fraction: float, per_class: int = 0) -> list[str]:
@@ -283,10 +285,7 @@ def label_subset(splits: dict, fraction: float, unit: str = "slice", per_class: 
     if unit != "slice":
         raise DataError(f"label unit {unit!r} must be subject or slice (resolve auto first)")
     value = _check_fraction(fraction)
-    empty = [name for name in splits["classes"] if not splits["train_rank"].get(name)]
-    if empty:
-        raise DataError(f"label fraction {fraction} cannot give every class at least one image: "
-                        f"the training split has no image of {', '.join(empty)}")
+    _every_class_in_train(splits, f"label fraction {fraction}")
     n_classes, n_train = len(splits["classes"]), len(splits["train"])
     if value * n_train < n_classes:
         raise DataError(f"label fraction {fraction} of {n_train} training images is fewer than one image per "

@@ -42,20 +42,22 @@ def subject_draws(clusters: Sequence[str], draws: int = BOOTSTRAP_DRAWS, seed: i
     with all its rows (slices of one subject are near-duplicates: resampling slices would understate
     the spread). The same draws serve every arm, which makes a difference between arms paired.
 
-    ``strata`` (per row; a subject's stratum is that of its first row), e.g. the true class: subjects
-    are drawn within each stratum, as many as it has, so every draw keeps every class and its count
-    of subjects (a macro metric then averages the same classes in every draw).
+    ``strata`` (non-negative ints per row, e.g. the true class; a subject's stratum is its rows'
+    majority, ties to the lower): subjects are drawn within each stratum, as many as it has, so every
+    draw keeps every stratum and its count of subjects (a macro metric then averages the same classes
+    in every draw). A stratum of one subject is in every draw: it adds no spread to the interval.
     """
     clusters = np.asarray([str(c) for c in clusters])
-    names, first, inverse = np.unique(clusters, return_index=True, return_inverse=True)
+    names, inverse = np.unique(clusters, return_inverse=True)
     members = [np.flatnonzero(inverse == k) for k in range(len(names))]
-    of_cluster = np.zeros(len(names), dtype=np.int64) if strata is None else np.asarray(strata)[first]
+    of_cluster = (np.zeros(len(names), dtype=np.int64) if strata is None else
+                  np.array([np.bincount(np.asarray(strata)[m]).argmax() for m in members], dtype=np.int64))
     groups = [np.flatnonzero(of_cluster == s) for s in np.unique(of_cluster)]
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(draws):
         picked = np.concatenate([group[rng.integers(0, len(group), len(group))] for group in groups])
-        out.append(np.concatenate([members[k] for k in np.sort(picked)]) if len(picked) else np.zeros(0, np.int64))
+        out.append(np.concatenate([members[k] for k in np.sort(picked)]))
     return out
 
 

@@ -84,16 +84,3 @@ def test_clinical_table_columns_follow_the_task_and_image_units_are_named(fold_r
     assert "sensitivity" not in text and "Protocol image has no subjects" in text
     assert all(line.count("|") == 11 for line in text.splitlines() if line.startswith("| "))  # 10 columns
 
-
-def test_vote_aggregation_counts_slice_predictions_and_ignores_the_mean_threshold(fold_runs):
-    runs = find_runs([fold_runs])
-    mean, _ = comparison.pool(runs)
-    vote, _ = comparison.pool(runs, how="vote")
-    rows, slices = vote[0].levels["subject"], vote[0].levels["slice"]
-    for k, name in enumerate(rows.ids.tolist()):  # a subject's vote: its slices' argmax shares
-        mine = slices.probabilities[slices.clusters == name].argmax(1)
-        assert rows.probabilities[k].tolist() == pytest.approx(np.bincount(mine, minlength=2) / len(mine))
-        assert rows.pred[k] == rows.probabilities[k].argmax()
-    assert not np.allclose(rows.probabilities, mean[0].levels["subject"].probabilities)
-    study = comparison.clinical_study(runs, draws=10, how="vote")
-    assert study.aggregation == "vote"

@@ -33,6 +33,7 @@ def test_defaults_are_the_mission_protocol():
     ("epochs: -1\n", "'epochs' must be >= 0"),
     ("batch_size: 0\n", "'batch_size' must be between"),
     ("finetune:\n  label_frac: 1.5\n", "'label_frac' is 1.5"),
+    ("finetune:\n  label_frac: 0.1\n  label_subjects: 5\n", "'label_subjects' replaces label_frac"),
     ("- a\n- b\n", "must hold a mapping"),
 ])
 def test_bad_yaml_names_the_key(tmp_path, text, message):

@@ -37,6 +37,17 @@ def test_folds_stratify_by_class_and_name_the_rare_class(ph_folds):
     assert any("Moderate_Demented has 2 subject(s) for 5 folds" in n for n in notes)
 
 
+def test_a_rare_class_keeps_its_only_untested_subject_in_train_at_any_val_share(ph_folds):
+    images, _ = ph_folds
+    for s in folds.make_folds(images, 5, "subject", val_frac=0.3, seed=0):
+        rare_tested = s["group_counts"]["test"]["Moderate_Demented"]
+        assert s["group_counts"]["train"]["Moderate_Demented"] >= 1  # so every subject budget can label it
+        if rare_tested:
+            assert s["group_counts"]["val"]["Moderate_Demented"] == 0
+            assert any("Moderate_Demented is absent from val" in n for n in s["notes"])
+        splits.label_subset(s, 0.01, "subject")  # no class without training images
+
+
 def test_cli_writes_fold_files_every_stage_reads(tmp_path, capsys):
     root = phantom.write_dataset(tmp_path / "ph", n=320, seed=0, size=32)
     common = ["--data-dir", str(root), "--image-size", "32", "--cache-dir", str(tmp_path / "cache")]
@@ -53,6 +64,9 @@ def test_cli_writes_fold_files_every_stage_reads(tmp_path, capsys):
         data_cli.main(["split", *common, "--folds", "1", "--out", str(tmp_path / "y")])
     with pytest.raises(DataError, match="--test-frac does not apply"):
         data_cli.main(["split", *common, "--folds", "3", "--test-frac", "0.3", "--out", str(tmp_path / "z")])
-    data_cli.main(["split", *common, "--folds", "2", "--out", str(tmp_path / "folds")])  # fewer folds, same dir
-    assert "removed" in capsys.readouterr().out
-    assert sorted(p.name for p in (tmp_path / "folds").glob("fold*.json")) == ["fold0.json", "fold1.json", "folds.json"]
+    (tmp_path / "folds" / "fold05.json").write_text("{}")  # not a fold file this command wrote: kept
+    data_cli.main(["split", *common, "--folds", "2", "--out", str(tmp_path / "folds"), "--json"])  # fewer folds
+    printed = capsys.readouterr()
+    assert json.loads(printed.out)["n_folds"] == 2 and "removed" in printed.err and "fold2.json" in printed.err
+    assert sorted(p.name for p in (tmp_path / "folds").glob("fold*.json")) == ["fold0.json", "fold05.json",
+                                                                               "fold1.json", "folds.json"]

@@ -7,6 +7,7 @@ from PIL import Image
 
 from simclr_ad import checkpoint, predict
 from simclr_ad.checkpoint import CheckpointError
+from simclr_ad.errors import UserError
 from simclr_ad.config import FinetuneConfig, config_to_dict
 from simclr_ad.models import build_classifier
 from tests.conftest import write_png
@@ -163,6 +164,19 @@ def test_binary_predictions_use_the_runs_validation_thresholds(tmp_path, capsys)
     argmax = ["Dem" if p > 0.5 else "Non" for p in p_dem]  # no metrics.json: the most probable class
     assert predicted()[0] == argmax
     middle = sorted(p_dem)[1]  # a cut-off between the images' probabilities: exactly 2 are positive
-    (run / "metrics.json").write_text(json.dumps({"threshold": middle, "subject_threshold": 1.5}))
-    assert predicted() == (["Dem" if p >= middle else "Non" for p in p_dem], "Non")
+    metrics = {"classes": ["Non", "Dem"], "threshold": middle, "subject_threshold": 0.0}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    assert predicted() == (["Dem" if p >= middle else "Non" for p in p_dem], "Dem")  # each level its own
+    (run / "metrics.json").write_text(json.dumps({**metrics, "threshold": 1.5, "subject_threshold": 1.5}))
+    assert predicted() == (["Non"] * 3, "Non")
     assert predicted("--threshold", "0") == (["Dem"] * 3, "Dem")  # the flag overrides both
+    assert "P(Dem) >= 0 per image, >= 0 per subject, --threshold" in capsys.readouterr().err
+    (run / "metrics.json").write_text(json.dumps({**metrics, "classes": ["A", "B"]}))  # another run's file
+    assert predicted()[0] == argmax
+    with pytest.raises(UserError, match="in \\[0, 1\\]"):
+        predict.main([*scans, "--checkpoint", str(run / "best.pt"), "--threshold", "2"])
+
+
+def test_threshold_on_a_multiclass_checkpoint_is_refused(best_pt, images):
+    with pytest.raises(UserError, match="3 classes"):
+        predict.main([images[0], "--checkpoint", str(best_pt), "--threshold", "0.3"])

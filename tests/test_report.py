@@ -308,13 +308,15 @@ def test_cell_mixing_encoders_or_archs_is_warned(tmp_path):
 
 def test_cell_mixing_label_units_or_folds_with_a_single_split_is_warned(tmp_path):
     root = tmp_path / "runs"
-    for seed, extra in enumerate([{"label_unit": "subject", "fold": 0}, {"label_unit": "subject", "fold": 1},
+    for seed, extra in enumerate([{"label_unit": "subject", "fold": 0, "n_folds": 5},
+                                  {"label_unit": "subject", "fold": 1, "n_folds": 5},
                                   {"label_unit": "slice"}]):
         run = make_run(root, "subject", "simclr", 0.1, seed, 0.5)
         metrics = json.loads((run / "metrics.json").read_text())
         (run / "metrics.json").write_text(json.dumps({**metrics, **extra}))
     notes = report.consistency_warnings(report.find_runs([root]))
     assert notes == ["simclr+finetune at 10% labels (subject) mixes label_unit = slice, subject",
+                     "simclr+finetune at 10% labels (subject) mixes n_folds = 5, None",
                      "simclr+finetune at 10% labels (subject) mixes single-split runs with k-fold runs: "
                      "their test subjects overlap"]
 

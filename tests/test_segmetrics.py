@@ -64,3 +64,4 @@ def test_detection_metrics_by_hand():
     assert out["sensitivity"] == pytest.approx(2 / 3) and out["specificity"] == pytest.approx(0.5)
     assert out["auroc"] == pytest.approx(5 / 6)  # 5 of the 6 (positive, negative) pairs ranked right
     assert math.isnan(sm.detection_metrics([1, 1], [0.2, 0.8])["auroc"])
+    assert math.isnan(sm.detection_metrics([], [])["sensitivity"])  # empty: NaN, not an error

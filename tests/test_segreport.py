@@ -58,3 +58,14 @@ def test_detection_is_the_fine_tune_stage_on_a_lesion_manifest(tmp_path):
     assert metrics["classes"] == ["no_tumour", "tumour"] and metrics["group_by"] == "subject"
     rows = segreport.detection_rows(segreport.find_runs(tmp_path / "det", None)[0])
     assert len(rows) == 1 and 0 <= rows[0]["auroc"] <= 1 and 0 <= rows[0]["sensitivity"] <= 1
+
+
+def test_detection_uses_each_runs_validation_threshold(tmp_path):
+    _fake_detection(tmp_path / "det")
+    metrics = tmp_path / "det" / "random-finetune" / "frac1" / "seed0" / "metrics.json"
+    runs = segreport.find_runs(tmp_path / "det", "finetune")[0]
+    assert segreport.detection_rows(runs)[0]["specificity"] == pytest.approx(0.5)  # none recorded: p >= 0.5
+    recorded = {**json.loads(metrics.read_text()), "classes": ["no_tumour", "tumour"], "threshold": 0.65}
+    metrics.write_text(json.dumps(recorded))
+    row = segreport.detection_rows(segreport.find_runs(tmp_path / "det", "finetune")[0])[0]
+    assert (row["sensitivity"], row["specificity"]) == (pytest.approx(2 / 3), 1.0)  # 0.6 is now negative

@@ -28,6 +28,8 @@ def test_stratified_draws_keep_every_class_and_its_subject_count():
     assert len(seen) > 1  # still a resample, not the identity
     plain = stats.subject_draws(clusters, draws=100, seed=3)
     assert any(2 not in {strata[k] for k in rows} for rows in plain)  # unstratified loses the rare class
+    mixed = stats.subject_draws(["a", "a", "a", "b"], draws=30, seed=0, strata=[1, 0, 0, 1])  # a: majority 0
+    assert all(sorted(rows.tolist()) == [0, 1, 2, 3] for rows in mixed)  # one subject per stratum: always both
 
 
 def test_paired_bootstrap_of_identical_arms_is_zero_width():
