@@ -19,7 +19,7 @@ def _env(tmp_path):
     return {**os.environ, "SIMCLR_AD_NO_REEXEC": "1", "SIMCLR_AD_CACHE": str(tmp_path / "cache")}
 
 
-def _clean_and_killed(stage_args: list[str], watch: str, tmp_path, kills: int = 3):
+def _clean_and_killed(stage_args: list[str], watch: str, tmp_path, kills: int = 2):
     """Run a stage once cleanly and once under repeated SIGKILL + resume; return both run dirs.
 
     Each kill lands soon after ``watch`` (a checkpoint inside the run dir) changes.
