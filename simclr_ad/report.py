@@ -213,7 +213,9 @@ def best_reference(rows: Sequence[dict], frac: float) -> dict | None:
 
 
 def plot_rows(rows: Sequence[dict]) -> list[dict]:
-    """The trained arms, plus per protocol and fraction the best reference baseline as one line."""
+    """The trained arms, plus per protocol and fraction the best reference baseline as one line.
+    Absolute budgets ("subject, N subj./class") have no fraction to plot: they are in the tables only."""
+    rows = [r for r in rows if "," not in r["protocol"]]
     out = [r for r in rows if not is_reference(r)]
     for protocol in {r["protocol"] for r in rows}:
         mine = [r for r in rows if r["protocol"] == protocol]

@@ -329,6 +329,7 @@ def test_an_absolute_subject_budget_is_its_own_cell_not_the_full_one(tmp_path):
     (run / "metrics.json").write_text(json.dumps({**metrics, "group_by": "subject", "label_subjects": 5}))
     rows = report.summarise(report.find_runs([root]))
     assert sorted((r["protocol"], r["n_seeds"]) for r in rows) == [("subject", 1), ("subject, 5 subj./class", 1)]
+    assert [r["protocol"] for r in report.plot_rows(rows)] == ["subject"]  # no fraction to plot it at
     assert report.consistency_warnings(report.find_runs([root])) == []
 
 
