@@ -276,7 +276,8 @@ def subjects_csv(pooled: Sequence[Pooled]) -> str:
 
 
 def class_coverage(pooled: Sequence[Pooled]) -> list[str]:
-    """Test subjects per class over the pooled folds; a class tested in fewer folds than there are is named."""
+    """Test subjects per class over the pooled folds; a class tested in fewer of them than were pooled is
+    named (folds not yet run are pool's notes, not a class's)."""
     notes = []
     for protocol in dict.fromkeys(p.protocol for p in pooled):
         first = next(p for p in pooled if p.protocol == protocol)
@@ -286,9 +287,10 @@ def class_coverage(pooled: Sequence[Pooled]) -> list[str]:
             member = rows.true == c
             n_subjects, n_folds = len(set(rows.clusters[member].tolist())), len(set(rows.fold[member].tolist()))
             counts.append(f"{name} {n_subjects}")
-            if first.n_folds and 0 < n_folds < first.n_folds:
-                notes.append(f"group_by={protocol}: class {name} has {n_subjects} test subject(s) over {first.n_folds} "
-                             f"folds: it is tested in {n_folds} fold(s) only; its numbers rest on those subjects")
+            if 0 < n_folds < len(first.folds):
+                notes.append(f"group_by={protocol}: class {name} has {n_subjects} test subject(s): it is tested in "
+                             f"{n_folds} of the {len(first.folds)} pooled fold(s) only; its numbers rest on those "
+                             "subjects")
         notes.insert(0, f"group_by={protocol}: test subjects pooled over {len(first.folds)} fold(s): " + ", ".join(counts))
     return notes
 

@@ -39,12 +39,11 @@ def test_folds(labels: np.ndarray, group_ids: list[str], n_folds: int, seed: int
     return [set(groups[test].tolist()) for _, test in splitter.split(np.zeros(len(labels)), labels, groups)]
 
 
-def rare_class_notes(images: ImageSet, group_ids: list[str], n_folds: int,
-                     label_of: dict[str, int] | None = None) -> list[str]:
-    """A class with fewer subjects than folds is tested in only some folds: say so."""
-    label_of = group_labels(images.labels, group_members(group_ids)) if label_of is None else label_of
+def rare_class_notes(classes: list[str], label_of: dict[str, int], n_folds: int) -> list[str]:
+    """A class with fewer subjects (``label_of``: group -> class) than folds is tested in only some
+    folds: say so."""
     notes = []
-    for c, name in enumerate(images.classes):
+    for c, name in enumerate(classes):
         n_groups = sum(1 for g in label_of.values() if g == c)
         if 0 < n_groups < n_folds:
             notes.append(f"class {name} has {n_groups} subject(s) for {n_folds} folds: it is tested in "
@@ -66,7 +65,7 @@ def make_folds(images: ImageSet, n_folds: int, group_by: str = "default", val_fr
         raise DataError(f"--folds {n_folds} needs at least {n_folds} groups; the data has {len(members)}")
     label_of = group_labels(images.labels, members)
     class_total = np.bincount(images.labels, minlength=len(images.classes))
-    rare = rare_class_notes(images, group_ids, n_folds, label_of)
+    rare = rare_class_notes(images.classes, label_of, n_folds)
     if images.presplit is not None:  # said, never silent: the folds re-split the given folders
         rare.insert(0, f"the data comes in {'/'.join(sorted(set(images.presplit)))} folders; the folds pool them "
                        "and re-split by subject (the folders' own split is not used)")

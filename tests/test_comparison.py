@@ -84,3 +84,23 @@ def test_clinical_table_columns_follow_the_task_and_image_units_are_named(fold_r
     assert "sensitivity" not in text and "Protocol image has no subjects" in text
     assert all(line.count("|") == 11 for line in text.splitlines() if line.startswith("| "))  # 10 columns
 
+
+
+def test_class_coverage_names_a_class_missing_from_pooled_folds_not_folds_not_yet_run(tmp_path):
+    root = tmp_path / "runs"
+    for fold in range(2):
+        groups = [f"f{fold}s{k // 3}" for k in range(12)]
+        labels = np.array([k // 3 % 2 for k in range(12)]) if fold == 0 else np.zeros(12, dtype=int)
+        p1 = np.full(12, 0.4)
+        for init in ("simclr", "random"):
+            make_fold_run(root, init, fold, np.stack([1 - p1, p1], 1), labels, groups)
+    pooled, _ = comparison.pool(find_runs([root]))
+    notes = comparison.class_coverage(pooled)
+    assert [n for n in notes if "only" in n] == [
+        "group_by=subject: class Demented has 2 test subject(s): it is tested in 1 of the 2 pooled fold(s) only; "
+        "its numbers rest on those subjects"]
+    only_fold0 = [p for p in pooled if p.folds == [0, 1]]
+    for p in only_fold0:  # as if fold 1 had not run yet (n_folds stays 2): no class is blamed for it
+        p.levels = {k: v.take(np.flatnonzero(v.fold == 0)) for k, v in p.levels.items()}
+        p.folds = [0]
+    assert not [n for n in comparison.class_coverage(pooled) if "only" in n]
