@@ -12,6 +12,12 @@
 # Many CPU hours on 2 cores. Resumable: re-run the same command, finished stages and cells are skipped.
 # FOLDS="0 1" runs a subset of the folds (the report pools what exists and names the folds missing).
 #   nohup bash scripts/folds_results.sh > folds.log 2>&1 &
+# The study spans sessions, and a session may get a fresh machine: $RUNS (checkpoints) is then gone.
+# So after each fold the report is re-made and its records copied to $OUT/runs with --redact-paths
+# (test predictions keyed by a hash of the path, no file names): commit them. On a fresh machine the
+# pretraining re-runs (deterministic: same code and CPU class, same encoder SHA-256) and every cell
+# whose committed records match is restored (--restore-from), not re-run. $OUT/stages.tsv ($HISTORY)
+# keeps every sitting of every machine for RUN.md.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 DATA="${DATA:-$ROOT/../shared/data/alzheimer_mri_128}"
@@ -24,9 +30,15 @@ SEEDS="${SEEDS:-0}"
 FRACTIONS="${FRACTIONS:-0.01 0.1 1.0}"
 mkdir -p "$RUNS" "$OUT"
 LOG="$RUNS/stages.tsv"
+HISTORY="$OUT/stages.tsv"
 source "$ROOT/scripts/stages.sh"
 # shellcheck disable=SC2206  # the lists are meant to split
 GRID=(--seeds $SEEDS --fractions $FRACTIONS)
+report() {
+  cp "$RUNS/folds/folds.json" "$OUT/folds.json"  # which subjects each fold tested (inferred group ids, no data)
+  python -m simclr_ad.report --runs "$RUNS/finetune" --pretrain "$RUNS/pretrain" --out "$OUT" --copy-runs \
+    --redact-paths --no-gradcam --stages "$HISTORY"
+}
 
 stage split python -m simclr_ad.data split --config "$CONFIG" --data-dir "$DATA" --group-by auto --split-seed 0 \
   --folds "$K" --out "$RUNS/folds"
@@ -35,15 +47,14 @@ stage pretrain python -m simclr_ad.pretrain --config "$CONFIG" --data-dir "$DATA
 for fold in $FOLDS; do
   stage "finetune-fold$fold" python -m simclr_ad.finetune --config "$CONFIG" --data-dir "$DATA" \
     --splits "$RUNS/folds/fold$fold.json" --sweep --task binary --label-unit subject --inits simclr random \
-    "${GRID[@]}" --encoder "$RUNS/pretrain/encoder.pt" --no-progress --out "$RUNS/finetune/fold$fold"
+    "${GRID[@]}" --encoder "$RUNS/pretrain/encoder.pt" --no-progress --out "$RUNS/finetune/fold$fold" \
+    --restore-from "$OUT/runs/fold$fold"
   # what the networks must beat, on the same fold and labelled subjects: majority, raw-pixel kNN and
   # logistic regression, kNN on frozen random-init and SimCLR features (minutes, not hours)
   stage "baselines-fold$fold" python -m simclr_ad.baselines --config "$CONFIG" --data-dir "$DATA" \
     --splits "$RUNS/folds/fold$fold.json" --task binary --label-unit subject "${GRID[@]}" \
     --encoder "$RUNS/pretrain/encoder.pt" --no-progress --out "$RUNS/finetune/fold$fold"
+  report || echo "report after fold $fold failed; the study goes on"  # the folds so far: commit their records
 done
-
-cp "$RUNS/folds/folds.json" "$OUT/folds.json"  # which subjects each fold tested (inferred group ids, no data)
-python -m simclr_ad.report --runs "$RUNS/finetune" --pretrain "$RUNS/pretrain" --out "$OUT" --copy-runs \
-  --no-gradcam --stages "$LOG"
+report
 echo "results: $OUT/report.md, $OUT/subjects.csv, $OUT/RUN.md"

@@ -78,7 +78,11 @@ class Document:
 
 
 def write_run_md(stages_tsv: Path, out: Path) -> None:
-    """RUN.md from a stage log (name, status, seconds, git SHA, command per line) plus the machine."""
+    """RUN.md from a stage log plus this machine.
+
+    A log line is name, status, seconds, git SHA, CPU class and command (scripts/stages.sh); lines
+    written before the CPU class was logged have no such field, and show "–" there.
+    """
     import os
     import platform
 
@@ -86,18 +90,23 @@ def write_run_md(stages_tsv: Path, out: Path) -> None:
 
     from simclr_ad import runtime
 
-    rows = [line.split("\t", 4) for line in stages_tsv.read_text().splitlines() if line.strip()]
-    total = sum(int(r[2]) for r in rows if len(r) == 5 and r[2].isdigit())
+    rows = []
+    for line in stages_tsv.read_text().splitlines():
+        fields = line.split("\t", 5)
+        if len(fields) == 5:  # an older line: no CPU class
+            fields.insert(4, "–")
+        if len(fields) == 6:
+            rows.append(fields)
+    total = sum(int(r[2]) for r in rows if r[2].isdigit())
     lines = ["# How these results were made", "",
-             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, CPU class {runtime.host_class()} "
-             f"({runtime.cpu_model() or 'model unknown'}), {platform.platform()}, "
+             f"Machine of this report: {platform.machine()}, {os.cpu_count()} CPU cores, CPU class "
+             f"{runtime.host_class()} ({runtime.cpu_model() or 'model unknown'}), {platform.platform()}, "
              f"Python {platform.python_version()}, torch {torch.__version__}. "
-             f"{'GPU: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'No GPU'}.", "",
+             f"{'GPU: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'No GPU'}. "
+             "Each stage's own CPU class is in its row.", "",
              f"Total wall time of the logged sittings: {total / 3600:.2f} h.", "",
-             "| stage | status | wall time | git SHA | exact command |", "|---|---|---|---|---|"]
-    for row in rows:
-        if len(row) == 5:
-            name, status, seconds, sha, command = row
-            took = f"{int(seconds) / 60:.1f} min" if seconds.isdigit() else seconds  # e.g. a stage still running
-            lines.append(f"| {name} | {status} | {took} | {sha} | `{command}` |")
+             "| stage | status | wall time | git SHA | CPU class | exact command |", "|---|---|---|---|---|---|"]
+    for name, status, seconds, sha, cpu, command in rows:
+        took = f"{int(seconds) / 60:.1f} min" if seconds.isdigit() else seconds  # e.g. a stage still running
+        lines.append(f"| {name} | {status} | {took} | {sha} | {cpu} | `{command}` |")
     atomic_write_text(out, "\n".join(lines) + "\n")

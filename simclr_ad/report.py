@@ -434,6 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a pretrain run: its loss/kNN curve goes into the report, its logs into REPORT_DIR")
     parser.add_argument("--copy-runs", action="store_true",
                         help="copy every run's metrics.json, metrics.jsonl and config.yaml into REPORT_DIR/runs/")
+    parser.add_argument("--redact-paths", action="store_true",
+                        help="with --copy-runs, records fit to commit from real data: trained runs' test "
+                             "predictions only, each image named by a sha1: key of its path, not its file name")
     parser.add_argument("--ablation", default=None, metavar="DIR",
                         help="pretraining variants DIR/<name>/{pretrain,finetune}: writes ablation.md instead")
     parser.add_argument("--stages", default=None, metavar="TSV",
@@ -444,14 +447,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(runs: Sequence[str] = (), out: str | Path = "report", gradcam_per_class: int = 2, no_gradcam: bool = False,
-        pretrain: str | None = None, copy_runs: bool = False, ablation: str | None = None, stages: str | None = None,
-        num_threads: int = 0) -> Path:
+        pretrain: str | None = None, copy_runs: bool = False, redact_paths: bool = False,
+        ablation: str | None = None, stages: str | None = None, num_threads: int = 0) -> Path:
     """The report of fine-tune runs under ``runs`` (or of an ablation, or of a pretrain run alone) in ``out``.
 
     The keyword arguments are the command line's flags (``python -m simclr_ad.report --help``).
     """
     if gradcam_per_class < 1:
         raise ReportError("--gradcam-per-class must be >= 1")
+    if redact_paths and not copy_runs:
+        raise ReportError("--redact-paths applies to the copied records: give --copy-runs too")
     if num_threads > 0:
         torch.set_num_threads(num_threads)
     out = Path(out)
@@ -469,11 +474,11 @@ def run(runs: Sequence[str] = (), out: str | Path = "report", gradcam_per_class:
         return out
     if not runs:
         raise ReportError("give --runs DIR (fine-tune runs) and/or --pretrain RUN_DIR")
-    return write_report(list(runs), out, gradcam_per_class, no_gradcam, pretrain, copy_runs)
+    return write_report(list(runs), out, gradcam_per_class, no_gradcam, pretrain, copy_runs, redact_paths)
 
 
 def write_report(roots: list[str], out: Path, gradcam_per_class: int, no_gradcam: bool, pretrain: str | None,
-                 copy_runs: bool) -> Path:
+                 copy_runs: bool, redact_paths: bool = False) -> Path:
     """report.md, report.html, summary.csv and the figures of the fine-tune runs under ``roots``."""
     # ---------------------------------------------------------------- runs and statistics
     runs = find_runs(roots)
@@ -482,7 +487,7 @@ def write_report(roots: list[str], out: Path, gradcam_per_class: int, no_gradcam
     rows = summarise(runs)
     write_summary_csv(rows, out / "summary.csv")
     if copy_runs:
-        copy_run_records(runs, roots, out / "runs")
+        copy_run_records(runs, roots, out / "runs", redact_paths)
 
     # ---------------------------------------------------------------- figures
     figures = {"label_efficiency.png": plots.png_bytes(plots.label_efficiency_figure(plot_rows(rows))),

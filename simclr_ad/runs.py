@@ -15,7 +15,9 @@ configs are not runs); it is complete when it also holds a readable metrics.json
 """
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import shutil
 from dataclasses import dataclass
@@ -36,7 +38,9 @@ BEST_CHECKPOINT = "best.pt"
 ENCODER_FILE = "encoder.pt"
 LEGACY_CHECKPOINTS = ("checkpoints/last.pt",)  # where run dirs of older versions keep last.pt
 STATE_FILES = (LAST_CHECKPOINT, BEST_CHECKPOINT, *LEGACY_CHECKPOINTS, ENCODER_FILE, METRICS_FILE)  # a run made these
-PREDICTION_FILES = ("predictions.csv", "val_predictions.csv")  # test and validation probabilities per image
+TEST_PREDICTIONS = "predictions.csv"
+PREDICTION_FILES = (TEST_PREDICTIONS, "val_predictions.csv")  # test and validation probabilities per image
+REDACTED_PREFIX = "sha1:"  # a predictions.csv path that is a key, not a file name (redact_paths)
 RUN_RECORDS = (CONFIG_FILE, IDENTITY_FILE, "metrics.jsonl", METRICS_FILE, *PREDICTION_FILES)
 # a run's small record files, never checkpoints; metrics.json last, as it marks a run complete
 RECORD_FILES = (CONFIG_FILE, "metrics.jsonl", METRICS_FILE)
@@ -231,16 +235,41 @@ def sort_key(protocol: str, init: str, mode: str, frac: float = 0.0) -> tuple:
 
 # --------------------------------------------------------------------------- copying and restoring records
 
-def copy_run_records(runs: Sequence[Run], roots: Sequence[str], dest: Path) -> None:
-    """Copy each run's small record files and predictions (never checkpoints) to ``dest/<path under its root>``."""
+def redact_paths(predictions: bytes) -> bytes:
+    """A predictions.csv whose ``path`` column holds ``sha1:<16 hex>`` keys of the paths, nothing else changed.
+
+    A real data set's file names can say more than they should (the Kaggle set's name the class);
+    the keys still pair the two arms' rows image by image. Keys already redacted stay as they are.
+    """
+    rows = list(csv.reader(io.StringIO(predictions.decode("utf-8"), newline="")))
+    if not rows or "path" not in rows[0]:
+        raise ReportError("predictions.csv without a path column: nothing to redact")
+    column = rows[0].index("path")
+    for row in rows[1:]:
+        if not row[column].startswith(REDACTED_PREFIX):
+            row[column] = REDACTED_PREFIX + hashlib.sha1(row[column].encode("utf-8")).hexdigest()[:16]
+    out = io.StringIO(newline="")
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    return out.getvalue().encode("utf-8")
+
+
+def copy_run_records(runs: Sequence[Run], roots: Sequence[str], dest: Path, redact: bool = False) -> None:
+    """Copy each run's small record files and predictions (never checkpoints) to ``dest/<path under its root>``.
+
+    ``redact``: the copy is one to commit from real data: test predictions of trained runs only (what
+    pooling reads), each image named by a key (``redact_paths``); no validation predictions.
+    """
     resolved = [Path(r).resolve() for r in roots]
     for run in runs:
         here = run.path.resolve()
         root = next((r for r in resolved if r == here or r in here.parents), here.parent)
         prefix = Path(root.name) if len(resolved) > 1 else Path()
-        for name in (*PREDICTION_FILES, *RECORD_FILES):  # metrics.json last, as it marks the copy complete
+        predictions = ((TEST_PREDICTIONS,) if run.mode != "reference" else ()) if redact else PREDICTION_FILES
+        for name in (*predictions, *RECORD_FILES):  # metrics.json last, as it marks the copy complete
             if (run.path / name).is_file():
-                atomic_write_bytes(dest / prefix / here.relative_to(root) / name, (run.path / name).read_bytes())
+                data = (run.path / name).read_bytes()
+                atomic_write_bytes(dest / prefix / here.relative_to(root) / name,
+                                   redact_paths(data) if redact and name in PREDICTION_FILES else data)
 
 
 def copy_pretrain_records(run_dir: Path, dest: Path) -> None:

@@ -8,7 +8,7 @@ import pytest
 from simclr_ad import comparison, report
 from simclr_ad.config import FinetuneConfig, write_config
 from simclr_ad.finetune import write_predictions
-from simclr_ad.runs import find_runs
+from simclr_ad.runs import ReportError, find_runs, redact_paths
 
 CLASSES = ["Non_Demented", "Demented"]
 
@@ -104,3 +104,41 @@ def test_class_coverage_names_a_class_missing_from_pooled_folds_not_folds_not_ye
         p.levels = {k: v.take(np.flatnonzero(v.fold == 0)) for k, v in p.levels.items()}
         p.folds = [0]
     assert not [n for n in comparison.class_coverage(pooled) if "only" in n]
+
+
+def test_redact_paths_keys_each_path_and_changes_nothing_else():
+    original = b"path,group,true,pred,p_a,p_b\nNon_Demented/nonDem12.jpg,g1,a,a,0.9,0.1\n"
+    redacted = redact_paths(original)
+    assert redacted == b"path,group,true,pred,p_a,p_b\nsha1:62affa5e00cf3261,g1,a,a,0.9,0.1\n"  # sha1 by hand
+    assert redact_paths(redacted) == redacted  # a key stays a key
+    with pytest.raises(ReportError, match="path column"):
+        redact_paths(b"group,true\ng1,a\n")
+
+
+def test_redacted_records_name_no_file_and_pool_to_the_same_paired_result(tmp_path):
+    rng = np.random.default_rng(1)
+    root = tmp_path / "runs"
+    for fold in range(2):
+        groups = [f"f{fold}s{k // 3}" for k in range(18)]
+        labels = np.array([k // 3 % 2 for k in range(18)])
+        for init, shift in (("random", 0.0), ("simclr", 0.25)):  # arms that differ, so pairing matters
+            p1 = np.clip(labels * shift + rng.uniform(0.2, 0.6, 18), 0, 1)
+            run = make_fold_run(root, init, fold, np.stack([1 - p1, p1], 1), labels, groups)
+            (run / "val_predictions.csv").write_bytes((run / "predictions.csv").read_bytes())
+    out = report.run(runs=[str(root)], out=tmp_path / "rep", no_gradcam=True, copy_runs=True, redact_paths=True)
+    copies = sorted((out / "runs").rglob("*predictions.csv"))
+    assert [p.name for p in copies] == ["predictions.csv"] * 4  # test predictions only, of the 4 trained runs
+    assert not any(".png" in p.read_text() for p in copies)
+    headline = comparison.paired_rows(comparison.pool(find_runs([root]))[0], draws=200)
+    assert comparison.paired_rows(comparison.pool(find_runs([out / "runs"]))[0], draws=200) == headline
+    assert headline[0][4] != "+0.0 [+0.0, +0.0]"
+    with pytest.raises(ReportError, match="--copy-runs"):
+        report.run(runs=[str(root)], out=tmp_path / "rep2", no_gradcam=True, redact_paths=True)
+
+
+def test_committed_real_data_predictions_name_no_file():
+    """Real-data predictions are committed only redacted (report --redact-paths); .gitignore lets them in."""
+    results = Path(__file__).resolve().parents[1] / "results"
+    for path in results.glob("alzheimer_*/runs/**/*predictions.csv"):
+        rows = path.read_text().splitlines()[1:]
+        assert all(row.startswith("sha1:") for row in rows), f"{path} names files: redact it"

@@ -225,7 +225,8 @@ def test_run_records_pretrain_curve_and_run_md(runs, tmp_path):
                                                for e in (1, 2, 3)))
     stages = tmp_path / "stages.tsv"
     stages.write_text("pretrain\tdone\t3600\tabc1234\tpython -m simclr_ad.pretrain --config configs/cpu.yaml\n"
-                      "finetune-subject_split\tfailed\t60\tabc1234\tpython -m simclr_ad.finetune --sweep\n")
+                      "finetune-subject_split\tfailed\t60\tabc1234\tpython -m simclr_ad.finetune --sweep\n"
+                      "finetune-fold0\tdone\t120\tdef5678\tavx512_bf16\tpython -m simclr_ad.finetune --sweep\n")
     out = report.main(["--runs", str(runs), "--out", str(tmp_path / "rep"), "--no-gradcam", "--copy-runs",
                        "--pretrain", str(pre), "--stages", str(stages)])
     copied = sorted(p.relative_to(out / "runs").as_posix() for p in (out / "runs").rglob("metrics.json"))
@@ -234,8 +235,9 @@ def test_run_records_pretrain_curve_and_run_md(runs, tmp_path):
     assert (out / "pretrain_curve.png").is_file() and (out / "pretrain" / "metrics.jsonl").is_file()
     assert "pretrain_curve.png" in (out / "report.md").read_text()
     run_md = (out / "RUN.md").read_text()
-    assert "| pretrain | done | 60.0 min | abc1234 | `python -m simclr_ad.pretrain --config configs/cpu.yaml` |" in run_md
-    assert "Total wall time of the logged sittings: 1.02 h" in run_md
+    assert "| pretrain | done | 60.0 min | abc1234 | – | `python -m simclr_ad.pretrain --config configs/cpu.yaml` |" in run_md
+    assert "| finetune-fold0 | done | 2.0 min | def5678 | avx512_bf16 | `python -m simclr_ad.finetune --sweep` |" in run_md
+    assert "Total wall time of the logged sittings: 1.05 h" in run_md
 
 
 def test_pretrain_only_report(tmp_path):
