@@ -8,7 +8,6 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightly.utils.benchmarking import knn_predict
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
                              precision_recall_fscore_support)
 
@@ -73,6 +72,10 @@ def knn_monitor(backbone: torch.nn.Module, bank_images: torch.Tensor, bank_label
                 query_images: torch.Tensor, query_labels: np.ndarray, num_classes: int, size: int,
                 rt: Runtime, k: int = 20, temperature: float = 0.1) -> dict[str, float]:
     """Weighted kNN (lightly's knn_predict) on frozen features: accuracy and balanced accuracy."""
+    # imported here: lightly.utils.benchmarking imports pytorch_lightning, ~1.5-3 s at every start of
+    # every stage that imports this module, for the one function only pretraining's monitor calls
+    from lightly.utils.benchmarking import knn_predict
+
     bank = embed(backbone, bank_images, size, rt)
     query = embed(backbone, query_images, size, rt)
     ranked = knn_predict(query, bank.T.contiguous(), torch.as_tensor(bank_labels), num_classes,
