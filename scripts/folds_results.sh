@@ -31,6 +31,7 @@ FRACTIONS="${FRACTIONS:-0.01 0.1 1.0}"
 mkdir -p "$RUNS" "$OUT"
 LOG="$RUNS/stages.tsv"
 HISTORY="$OUT/stages.tsv"
+touch "$HISTORY"
 source "$ROOT/scripts/stages.sh"
 # shellcheck disable=SC2206  # the lists are meant to split
 GRID=(--seeds $SEEDS --fractions $FRACTIONS)

@@ -25,7 +25,7 @@ import numpy as np
 
 from simclr_ad import clinical, plots
 from simclr_ad.document import Document
-from simclr_ad.runs import Run, sort_key
+from simclr_ad.runs import Run, path_key, sort_key
 from simclr_ad.stats import BOOTSTRAP_DRAWS, bootstrap, mean_std_ci95, paired_bootstrap, percent, subject_draws
 
 LEVELS = ("slice", "subject")
@@ -95,6 +95,7 @@ def read_predictions(path) -> tuple[list[str], list[str], np.ndarray, np.ndarray
 
 def _run_levels(run: Run) -> tuple[dict[str, Rows], list[str]]:
     paths, groups, true, probabilities, classes = read_predictions(run.path / "predictions.csv")
+    paths = [path_key(p) for p in paths]  # a restored (redacted) run pairs with a re-run one image by image
     fold = np.full(len(paths), run.get("fold", -1) if run.get("fold") is not None else -1)
     levels = {"slice": Rows(np.asarray(paths), np.asarray(groups), true, probabilities,
                             clinical.predict_at(probabilities, run.get("threshold")), fold)}

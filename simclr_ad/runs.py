@@ -19,6 +19,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,6 +236,11 @@ def sort_key(protocol: str, init: str, mode: str, frac: float = 0.0) -> tuple:
 
 # --------------------------------------------------------------------------- copying and restoring records
 
+def path_key(path: str) -> str:
+    """``sha1:`` and 16 hex digits of ``path``; a key stays as it is."""
+    return path if path.startswith(REDACTED_PREFIX) else REDACTED_PREFIX + hashlib.sha1(path.encode()).hexdigest()[:16]
+
+
 def redact_paths(predictions: bytes) -> bytes:
     """A predictions.csv whose ``path`` column holds ``sha1:<16 hex>`` keys of the paths, nothing else changed.
 
@@ -246,8 +252,7 @@ def redact_paths(predictions: bytes) -> bytes:
         raise ReportError("predictions.csv without a path column: nothing to redact")
     column = rows[0].index("path")
     for row in rows[1:]:
-        if not row[column].startswith(REDACTED_PREFIX):
-            row[column] = REDACTED_PREFIX + hashlib.sha1(row[column].encode("utf-8")).hexdigest()[:16]
+        row[column] = path_key(row[column])
     out = io.StringIO(newline="")
     csv.writer(out, lineterminator="\n").writerows(rows)
     return out.getvalue().encode("utf-8")
@@ -282,13 +287,16 @@ def copy_pretrain_records(run_dir: Path, dest: Path) -> None:
 def restore_cell(cfg: FinetuneConfig, record_dir: Path) -> bool:
     """Copy a finished cell's records from ``record_dir`` into ``cfg.out`` if they are this very run.
 
-    They are when the recorded config equals ``cfg`` on every key but the launch keys (a key the
-    record predates counts as equal), the split file has the recorded protocol and seed, and a
+    They are when the records hold test predictions (the report pools them), the recorded config
+    equals ``cfg`` on every key but the launch keys (a key the record predates counts as equal; the
+    data dir compares as a resolved path), the split file has the recorded protocol and seed, and a
     SimCLR encoder has the recorded SHA-256 (pretraining is deterministic, so a re-run at the same
     code and machine reproduces it). Checkpoints are not records: a restored cell has none.
     """
     metrics_file, config_file = record_dir / METRICS_FILE, record_dir / CONFIG_FILE
     if not (metrics_file.is_file() and config_file.is_file()):
+        return False
+    if not (record_dir / TEST_PREDICTIONS).is_file():  # without them the report could not pool the cell
         return False
     recorded, metrics = read_config(record_dir), json.loads(metrics_file.read_text())
     if recorded is None:  # unreadable: not a record to trust
@@ -296,6 +304,9 @@ def restore_cell(cfg: FinetuneConfig, record_dir: Path) -> bool:
     wanted = yaml.safe_load(yaml.safe_dump(config_to_dict(cfg)))
     split = json.loads(Path(cfg.splits).read_text()) if cfg.splits else {}
     recorded = {**{k: v for k, v in PREDATED_DEFAULTS.items() if k in wanted}, **recorded}
+    for conf in (recorded, wanted):  # the same data reached from another checkout (a/../shared, b/../shared)
+        if conf.get("data_dir"):
+            conf["data_dir"] = os.path.realpath(conf["data_dir"])
     same = (all(recorded.get(key, wanted[key]) == wanted[key] for key in wanted if key not in LAUNCH_KEYS)
             and (split.get("group_by"), split.get("seed"), split.get("fold"))
             == (metrics.get("group_by"), metrics.get("split_seed"), metrics.get("fold"))

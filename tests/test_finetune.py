@@ -1,5 +1,7 @@
 import hashlib
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -166,6 +168,12 @@ def test_sweep_restores_matching_records_and_reruns_the_rest(encoder, tmp_path):
     assert runs.restore_cell(cell(out=str(tmp_path / "e")), record) and (tmp_path / "e" / "metrics.json").is_file()
     assert not runs.restore_cell(cell(out=str(tmp_path / "d"), lr=1e-3), record)
     assert not (tmp_path / "d").exists()
+    moved = Path(shutil.copytree(record, tmp_path / "moved"))  # recorded from another checkout's ../shared
+    (moved / "config.yaml").write_text(yaml.safe_dump({**cell_cfg, "data_dir": "/work/wt/../shared/data"}))
+    assert runs.restore_cell(cell(out=str(tmp_path / "f"), data_dir="/work/shared/data"), moved)
+    assert not runs.restore_cell(cell(out=str(tmp_path / "f2"), data_dir="/work/other/data"), moved)
+    (record / "predictions.csv").unlink()  # records the report could not pool are not this run
+    assert not runs.restore_cell(cell(out=str(tmp_path / "g")), record)
 
 
 def test_min_steps_per_epoch_repeats_small_subsets():

@@ -50,11 +50,15 @@ def test_old_finetune_run_resumes(tmp_path):
 
 @pytest.mark.slow
 def test_old_sweep_records_restore(tmp_path, capsys):
-    root = finetune.main([*COMMON, "--sweep", "--fractions", "0.5", "--inits", "random", "--seeds", "0",
-                          "--epochs", "1", "--out", str(tmp_path / "sweep"), "--label-unit", "slice",
-                          "--restore-from", str(FIXTURES / "sweep")])  # the records' budget counted slices
-    assert "restored from" in capsys.readouterr().out
     cell = Path("random-finetune") / "frac0.5" / "seed0"
+    records = _copy("sweep", tmp_path)
+    grid = [*COMMON, "--sweep", "--fractions", "0.5", "--inits", "random", "--seeds", "0", "--epochs", "1",
+            "--label-unit", "slice", "--restore-from", str(records)]  # the records' budget counted slices
+    finetune.main([*grid, "--out", str(tmp_path / "without")])  # the fixture's records hold no predictions:
+    assert "restored from" not in capsys.readouterr().out and (tmp_path / "without" / cell / "best.pt").is_file()
+    (records / cell / "predictions.csv").write_text("path,group,true,pred\n")  # with them it restores
+    root = finetune.main([*grid, "--out", str(tmp_path / "sweep")])
+    assert "restored from" in capsys.readouterr().out
     for name in ("config.yaml", "metrics.jsonl", "metrics.json"):
         assert (root / cell / name).read_bytes() == (FIXTURES / "sweep" / cell / name).read_bytes(), name
     assert not (root / cell / "best.pt").exists()  # restored, not re-run

@@ -16,7 +16,8 @@ from simclr_ad import runtime
 def main(out: Path) -> None:
     stages = {}
     for line in (out / "stages.tsv").read_text().splitlines():
-        name, status, seconds, sha, command = line.split("\t", 4)
+        fields = line.split("\t", 5)  # scripts/stages.sh: 6 fields since the CPU class was logged, 5 before
+        name, status, seconds, sha, command = fields[:4] + fields[-1:]
         stages[name] = (status, int(seconds), sha, command)
     print("# LookSAM against full SAM: SimCLR kNN monitor on the validation subjects\n")
     print(f"Host class {runtime.host_class()} ({runtime.cpu_model()}); made by `bash scripts/looksam_results.sh`.")
