@@ -57,7 +57,7 @@ def test_old_sweep_records_restore(tmp_path, capsys):
     finetune.main([*grid, "--out", str(tmp_path / "without")])  # the fixture's records hold no predictions:
     assert "restored from" not in capsys.readouterr().out and (tmp_path / "without" / cell / "best.pt").is_file()
     (records / cell / "predictions.csv").write_text("path,group,true,pred\n")  # with them it restores
-    root = finetune.main([*grid, "--out", str(tmp_path / "sweep")])
+    root = finetune.main([*grid, "--out", str(tmp_path / "restored")])
     assert "restored from" in capsys.readouterr().out
     for name in ("config.yaml", "metrics.jsonl", "metrics.json"):
         assert (root / cell / name).read_bytes() == (FIXTURES / "sweep" / cell / name).read_bytes(), name
