@@ -40,6 +40,8 @@ report() {
   python -m simclr_ad.report --runs "$RUNS/finetune" --pretrain "$RUNS/pretrain" --out "$OUT" --copy-runs \
     --redact-paths --no-gradcam --stages "$HISTORY"
 }
+# also when a stage fails: the cells finished so far still reach $OUT/runs
+trap 'report || echo "the report failed: $OUT/runs may lack the last cells"' EXIT
 
 stage split python -m simclr_ad.data split --config "$CONFIG" --data-dir "$DATA" --group-by auto --split-seed 0 \
   --folds "$K" --out "$RUNS/folds"
@@ -57,5 +59,4 @@ for fold in $FOLDS; do
     --encoder "$RUNS/pretrain/encoder.pt" --no-progress --out "$RUNS/finetune/fold$fold"
   report || echo "report after fold $fold failed; the study goes on"  # the folds so far: commit their records
 done
-report
 echo "results: $OUT/report.md, $OUT/subjects.csv, $OUT/RUN.md"

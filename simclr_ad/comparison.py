@@ -25,7 +25,7 @@ import numpy as np
 
 from simclr_ad import clinical, plots
 from simclr_ad.document import Document
-from simclr_ad.runs import Run, path_key, sort_key
+from simclr_ad.runs import Run, data_groups, path_key, sort_key
 from simclr_ad.stats import BOOTSTRAP_DRAWS, bootstrap, mean_std_ci95, paired_bootstrap, percent, subject_draws
 
 LEVELS = ("slice", "subject")
@@ -96,6 +96,8 @@ def read_predictions(path) -> tuple[list[str], list[str], np.ndarray, np.ndarray
 def _run_levels(run: Run) -> tuple[dict[str, Rows], list[str]]:
     paths, groups, true, probabilities, classes = read_predictions(run.path / "predictions.csv")
     paths = [path_key(p) for p in paths]  # a restored (redacted) run pairs with a re-run one image by image
+    if data_groups(run.group_by):  # real patient ids are keyed in committed records: key them all alike
+        groups = [path_key(g) for g in groups]
     fold = np.full(len(paths), run.get("fold", -1) if run.get("fold") is not None else -1)
     levels = {"slice": Rows(np.asarray(paths), np.asarray(groups), true, probabilities,
                             clinical.predict_at(probabilities, run.get("threshold")), fold)}

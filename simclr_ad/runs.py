@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from simclr_ad.config import FinetuneConfig, config_to_dict
+from simclr_ad.config import FinetuneConfig, SegmentConfig, config_to_dict
 from simclr_ad.errors import UserError
 from simclr_ad.fileio import atomic_write_bytes, file_sha256
 
@@ -241,18 +241,25 @@ def path_key(path: str) -> str:
     return path if path.startswith(REDACTED_PREFIX) else REDACTED_PREFIX + hashlib.sha1(path.encode()).hexdigest()[:16]
 
 
-def redact_paths(predictions: bytes) -> bytes:
+def data_groups(group_by: str | None) -> bool:
+    """Whether a split's group ids come from the data (a manifest's real patient ids), not from us."""
+    return group_by == "subject"
+
+
+def redact_paths(predictions: bytes, groups: bool = False) -> bytes:
     """A predictions.csv whose ``path`` column holds ``sha1:<16 hex>`` keys of the paths, nothing else changed.
 
     A real data set's file names can say more than they should (the Kaggle set's name the class);
     the keys still pair the two arms' rows image by image. Keys already redacted stay as they are.
+    ``groups``: the ``group`` column is keyed too (real patient ids, e.g. a manifest's subject column).
     """
     rows = list(csv.reader(io.StringIO(predictions.decode("utf-8"), newline="")))
     if not rows or "path" not in rows[0]:
         raise ReportError("predictions.csv without a path column: nothing to redact")
-    column = rows[0].index("path")
+    columns = [rows[0].index(name) for name in ("path", "group") if name in rows[0] and (name == "path" or groups)]
     for row in rows[1:]:
-        row[column] = path_key(row[column])
+        for column in columns:
+            row[column] = path_key(row[column])
     out = io.StringIO(newline="")
     csv.writer(out, lineterminator="\n").writerows(rows)
     return out.getvalue().encode("utf-8")
@@ -262,7 +269,8 @@ def copy_run_records(runs: Sequence[Run], roots: Sequence[str], dest: Path, reda
     """Copy each run's small record files and predictions (never checkpoints) to ``dest/<path under its root>``.
 
     ``redact``: the copy is one to commit from real data: test predictions of trained runs only (what
-    pooling reads), each image named by a key (``redact_paths``); no validation predictions.
+    pooling reads), each image named by a key (``redact_paths``), and each subject too where the ids
+    are the data's own (``group_by: subject``, see ``data_groups``); no validation predictions.
     """
     resolved = [Path(r).resolve() for r in roots]
     for run in runs:
@@ -274,7 +282,8 @@ def copy_run_records(runs: Sequence[Run], roots: Sequence[str], dest: Path, reda
             if (run.path / name).is_file():
                 data = (run.path / name).read_bytes()
                 atomic_write_bytes(dest / prefix / here.relative_to(root) / name,
-                                   redact_paths(data) if redact and name in PREDICTION_FILES else data)
+                                   redact_paths(data, data_groups(run.group_by))
+                                   if redact and name in PREDICTION_FILES else data)
 
 
 def copy_pretrain_records(run_dir: Path, dest: Path) -> None:
@@ -284,7 +293,7 @@ def copy_pretrain_records(run_dir: Path, dest: Path) -> None:
             atomic_write_bytes(dest / name, (run_dir / name).read_bytes())
 
 
-def restore_cell(cfg: FinetuneConfig, record_dir: Path) -> bool:
+def restore_cell(cfg: FinetuneConfig | SegmentConfig, record_dir: Path) -> bool:
     """Copy a finished cell's records from ``record_dir`` into ``cfg.out`` if they are this very run.
 
     They are when the records hold test predictions (the report pools them), the recorded config

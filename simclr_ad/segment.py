@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from simclr_ad import augment, checkpoint, data, fileio, lesions, masks, rundir, runtime, segmetrics, splits
+from simclr_ad import augment, checkpoint, data, fileio, lesions, masks, rundir, runs, runtime, segmetrics, splits
 from simclr_ad.config import SegmentConfig, config_to_dict, parse_config, replace
 from simclr_ad.errors import UserError, friendly_errors
 from simclr_ad.optim import cosine_with_warmup
@@ -299,9 +299,13 @@ def sweep(cfg: SegmentConfig) -> Path:
     cells = [(init, fraction, seed) for seed, fraction, init in itertools.product(cfg.seeds, cfg.fractions, cfg.inits)]
     for i, (init, fraction, seed) in enumerate(cells):
         out = root / init / f"mask{fraction:g}" / f"seed{seed}"
+        cell = replace(cfg, sweep=False, init=init, mask_frac=fraction, seed=seed, out=str(out), splits=str(split_file))
+        finished = (out / "metrics.json").is_file() and not cfg.overwrite  # run() checks it is this very cell
+        if cfg.restore_from and not finished and runs.restore_cell(cell, Path(cfg.restore_from) / out.relative_to(root)):
+            print(f"[{i + 1}/{len(cells)}] restored from {cfg.restore_from}: {out}", flush=True)
+            continue
         print(f"[{i + 1}/{len(cells)}] {init} mask_frac={fraction:g} seed={seed} -> {out}", flush=True)
-        run(replace(cfg, sweep=False, init=init, mask_frac=fraction, seed=seed, out=str(out), splits=str(split_file)),
-            images)
+        run(cell, images)
     return root
 
 

@@ -26,6 +26,7 @@ import yaml
 from simclr_ad import segmetrics
 from simclr_ad.fileio import atomic_write_bytes, atomic_write_text
 from simclr_ad.errors import UserError, friendly_errors
+from simclr_ad.runs import redact_paths
 
 SEG_COLUMNS = ("test_patient_dice", "test_dice_tumour", "test_dice", "test_iou_tumour", "test_hd95")
 ARM_ORDER = ("simclr", "imagenet", "random")
@@ -268,11 +269,16 @@ def document(seg: Sequence[dict], det: Sequence[dict], partial: Sequence[Path], 
 
 
 def copy_records(runs: Sequence[dict], root: Path, dest: Path) -> None:
-    """Each run's config.yaml, metrics.jsonl and metrics.json (never checkpoints or predictions) under ``dest``."""
+    """Each run's records under ``dest``: config.yaml, metrics.jsonl, the test predictions with every path
+    and patient id keyed (``runs.redact_paths``), and metrics.json last; never checkpoints.
+
+    With them a sweep on another machine restores the run (``segment --restore-from``)."""
     for run in runs:
-        for name in ("config.yaml", "metrics.jsonl", "metrics.json"):
+        for name in ("config.yaml", "metrics.jsonl", "predictions.csv", "metrics.json"):
             if (run["_dir"] / name).is_file():
-                atomic_write_bytes(dest / run["_dir"].relative_to(root) / name, (run["_dir"] / name).read_bytes())
+                data = (run["_dir"] / name).read_bytes()
+                atomic_write_bytes(dest / run["_dir"].relative_to(root) / name,
+                                   redact_paths(data, groups=True) if name == "predictions.csv" else data)
 
 
 @friendly_errors
@@ -283,7 +289,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--detection", metavar="DIR", help="fine-tune runs of the tumour detector")
     parser.add_argument("--out", required=True, metavar="REPORT_DIR")
     parser.add_argument("--overlays", type=int, default=6, metavar="N", help="test slices per overlay grid (0: none)")
-    parser.add_argument("--copy-runs", action="store_true", help="copy the segment runs' records to OUT/seg_runs")
+    parser.add_argument("--copy-runs", action="store_true", help="copy the segment runs' records (predictions keyed) to OUT/seg_runs")
     args = parser.parse_args(argv)
 
     # ---------------------------------------------------------------- runs and statistics

@@ -112,6 +112,8 @@ def test_redact_paths_keys_each_path_and_changes_nothing_else():
     redacted = redact_paths(original)
     assert redacted == b"path,group,true,pred,p_a,p_b\nsha1:62affa5e00cf3261,g1,a,a,0.9,0.1\n"  # sha1 by hand
     assert redact_paths(redacted) == redacted  # a key stays a key
+    assert redact_paths(original, groups=True) == (b"path,group,true,pred,p_a,p_b\n"  # real patient ids keyed too
+                                                   b"sha1:62affa5e00cf3261,sha1:a46e558d11cb2400,a,a,0.9,0.1\n")
     with pytest.raises(ReportError, match="path column"):
         redact_paths(b"group,true\ng1,a\n")
 
@@ -133,6 +135,12 @@ def test_redacted_records_name_no_file_and_pool_to_the_same_paired_result(tmp_pa
     headline = comparison.paired_rows(comparison.pool(find_runs([root]))[0], draws=200)
     assert comparison.paired_rows(comparison.pool(find_runs([out / "runs"]))[0], draws=200) == headline
     assert headline[0][4] != "+0.0 [+0.0, +0.0]"
+    rows = [row for p in copies for row in p.read_text().splitlines()[1:]]
+    assert all(row.split(",")[1].startswith("sha1:") for row in rows)  # group_by subject: real ids, keyed
+    for raw in root.rglob("predictions.csv"):  # one arm restored (keyed), the other re-run (raw): still paired
+        if "simclr" in str(raw.relative_to(root)):
+            (out / "runs" / raw.relative_to(root)).write_bytes(raw.read_bytes())
+    assert comparison.paired_rows(comparison.pool(find_runs([out / "runs"]))[0], draws=200) == headline
     with pytest.raises(ReportError, match="--copy-runs"):
         report.run(runs=[str(root)], out=tmp_path / "rep2", no_gradcam=True, redact_paths=True)
 
@@ -140,7 +148,8 @@ def test_redacted_records_name_no_file_and_pool_to_the_same_paired_result(tmp_pa
 def test_committed_real_data_predictions_name_no_file():
     """Real-data predictions are committed only redacted (report --redact-paths); .gitignore lets them in."""
     root = Path(__file__).resolve().parents[1]
-    tracked = subprocess.run(["git", "ls-files", "results/alzheimer_*"], cwd=root, capture_output=True, text=True)
+    tracked = subprocess.run(["git", "ls-files", "results/alzheimer_*", "results/lgg*"], cwd=root, capture_output=True,
+                             text=True)
     if tracked.returncode != 0:
         pytest.skip("not a git checkout")
     for name in tracked.stdout.split():
@@ -149,3 +158,5 @@ def test_committed_real_data_predictions_name_no_file():
         path = root / name
         rows = path.read_text().splitlines()[1:]
         assert all(row.startswith("sha1:") for row in rows), f"{path} names files: redact it"
+        if name.startswith("results/lgg"):  # real patient ids
+            assert all(row.split(",")[1].startswith("sha1:") for row in rows), f"{path} names patients"

@@ -39,6 +39,16 @@ def test_report_of_both_arms_with_overlays_and_detection(tmp_path):
     assert (out / "dice_vs_masks.png").stat().st_size > 1000 and (out / "overlays_mask0.5.png").is_file()
     assert (out / "seg_runs" / "random" / "mask0.5" / "seed0" / "metrics.json").is_file()
     assert not list((out / "seg_runs").rglob("*.pt"))
+    copied = (out / "seg_runs" / "random" / "mask0.5" / "seed0" / "predictions.csv").read_text().splitlines()
+    assert len(copied) > 1 and all(r.startswith("sha1:") and r.split(",")[1].startswith("sha1:") for r in copied[1:])
+    # another machine: the copied records restore both cells of the same sweep, nothing is trained
+    again = segment.main(ARGS + ["--sweep", "--inits", "simclr", "random", "--fractions", "0.5", "--seeds", "0",
+                                 "--encoder", str(encoder), "--out", str(tmp_path / "seg2"),
+                                 "--restore-from", str(out / "seg_runs")])
+    for arm in ("simclr", "random"):
+        cell = again / arm / "mask0.5" / "seed0"
+        assert not (cell / "best.pt").exists()  # restored, not re-run
+        assert (cell / "metrics.json").read_bytes() == (sweep / arm / "mask0.5" / "seed0" / "metrics.json").read_bytes()
     rows = segreport.summarise_segmentation(segreport.find_runs(sweep, "segment")[0])
     assert [r["subset_sha1s"] for r in rows] == [1, 1]
     simclr, random = (json.loads((sweep / arm / "mask0.5" / "seed0" / "metrics.json").read_text())
