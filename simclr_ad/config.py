@@ -279,7 +279,8 @@ class SegmentConfig(AugmentConfig, CommonConfig):
     fractions: tuple[float, ...] = (0.1, 1.0)
     inits: tuple[str, ...] = ("simclr", "random")
     seeds: tuple[int, ...] = (0, 1, 2)
-    restore_from: Optional[str] = None  # sweep: records (segreport --copy-runs) whose matching runs are taken, not re-run
+    # sweep: a dir of run records (segreport --copy-runs writes one): matching runs are taken, not re-run
+    restore_from: Optional[str] = None
     # geometry only: flips, mild crop/rotation/shift; a little intensity jitter on the image
     aug_crop_scale_min: float = 0.8
     aug_rotate_deg: float = 10.0

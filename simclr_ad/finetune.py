@@ -317,8 +317,7 @@ def sweep(cfg: FinetuneConfig) -> Path:
         cell = replace(cfg, sweep=False, init=init, mode=mode, label_frac=fraction, seed=seed, out=str(out),
                        splits=str(split_file))
         cell = replace(cell, label_unit=splits.label_unit_for(cell))  # as run() records it
-        finished = (out / "metrics.json").is_file() and not cfg.overwrite  # run() checks it is this very cell
-        if cfg.restore_from and not finished and runs.restore_cell(cell, Path(cfg.restore_from) / out.relative_to(root)):
+        if runs.restore_into_sweep(cell, root):
             print(f"[{i + 1}/{len(cells)}] restored from {cfg.restore_from}: {out}", flush=True)
             continue
         print(f"[{i + 1}/{len(cells)}] {init} {mode} label_frac={fraction:g} seed={seed} -> {out}", flush=True)

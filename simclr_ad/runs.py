@@ -326,3 +326,11 @@ def restore_cell(cfg: FinetuneConfig | SegmentConfig, record_dir: Path) -> bool:
             if (record_dir / name).is_file():
                 atomic_write_bytes(Path(cfg.out) / name, (record_dir / name).read_bytes())
     return same
+
+
+def restore_into_sweep(cell: FinetuneConfig | SegmentConfig, root: Path) -> bool:
+    """Whether a sweep's unfinished ``cell`` (under ``root``) was taken from ``cell.restore_from`` (restore_cell)."""
+    out = Path(cell.out)
+    if not cell.restore_from or ((out / METRICS_FILE).is_file() and not cell.overwrite):  # run() resumes it
+        return False
+    return restore_cell(cell, Path(cell.restore_from) / out.relative_to(root))

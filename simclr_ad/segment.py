@@ -300,8 +300,7 @@ def sweep(cfg: SegmentConfig) -> Path:
     for i, (init, fraction, seed) in enumerate(cells):
         out = root / init / f"mask{fraction:g}" / f"seed{seed}"
         cell = replace(cfg, sweep=False, init=init, mask_frac=fraction, seed=seed, out=str(out), splits=str(split_file))
-        finished = (out / "metrics.json").is_file() and not cfg.overwrite  # run() checks it is this very cell
-        if cfg.restore_from and not finished and runs.restore_cell(cell, Path(cfg.restore_from) / out.relative_to(root)):
+        if runs.restore_into_sweep(cell, root):
             print(f"[{i + 1}/{len(cells)}] restored from {cfg.restore_from}: {out}", flush=True)
             continue
         print(f"[{i + 1}/{len(cells)}] {init} mask_frac={fraction:g} seed={seed} -> {out}", flush=True)

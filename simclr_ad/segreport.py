@@ -289,7 +289,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--detection", metavar="DIR", help="fine-tune runs of the tumour detector")
     parser.add_argument("--out", required=True, metavar="REPORT_DIR")
     parser.add_argument("--overlays", type=int, default=6, metavar="N", help="test slices per overlay grid (0: none)")
-    parser.add_argument("--copy-runs", action="store_true", help="copy the segment runs' records (predictions keyed) to OUT/seg_runs")
+    parser.add_argument("--copy-runs", action="store_true",
+                        help="copy the segment runs' records (predictions keyed) to OUT/seg_runs")
     args = parser.parse_args(argv)
 
     # ---------------------------------------------------------------- runs and statistics
