@@ -40,8 +40,8 @@ report() {
   python -m simclr_ad.report --runs "$RUNS/finetune" --pretrain "$RUNS/pretrain" --out "$OUT" --copy-runs \
     --redact-paths --no-gradcam --stages "$HISTORY"
 }
-# also when a stage fails: the cells finished so far still reach $OUT/runs
-trap 'report || echo "the report failed: $OUT/runs may lack the last cells"' EXIT
+# when a stage fails too: the cells finished so far still reach $OUT/runs
+trap 'if [ $? -ne 0 ]; then report || echo "the report failed: $OUT/runs may lack the last cells"; fi' EXIT
 
 stage split python -m simclr_ad.data split --config "$CONFIG" --data-dir "$DATA" --group-by auto --split-seed 0 \
   --folds "$K" --out "$RUNS/folds"

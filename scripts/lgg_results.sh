@@ -36,7 +36,8 @@ report() {
       --overlays 0
   fi
 }
-trap 'report || echo "the report failed: $OUT may lack the last runs"' EXIT  # also when a stage fails
+# when a stage fails too (on success the last stage's report is the final one)
+trap 'if [ $? -ne 0 ]; then report || echo "the report failed: $OUT may lack the last runs"; fi' EXIT
 
 stage split python -m simclr_ad.data split --data-dir "$DATA" --group-by subject --seed 0 --out "$RUNS/splits.json"
 stage pretrain python -m simclr_ad.pretrain --config "$CONFIG" --data-dir "$DATA" --splits "$RUNS/splits.json" \
