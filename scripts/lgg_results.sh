@@ -47,7 +47,7 @@ for seed in $SEEDS; do  # seed by seed: each finished seed is a complete compari
     --splits "$RUNS/splits.json" --sweep --inits simclr random --fractions 0.1 1.0 --seeds "$seed" \
     --encoder "$RUNS/pretrain/encoder.pt" --no-progress --out "$RUNS/detect" --restore-from "$OUT/runs"
   # what the detector must beat, on the same split and patients: majority, raw-pixel kNN and logistic
-  # regression, kNN on frozen random-init and SimCLR features (not run yet on LGG: added 2026-12-02)
+  # regression, kNN on frozen random-init and SimCLR features (run from seed 0 on, since 2026-12-02)
   stage "baselines-seed$seed" python -m simclr_ad.baselines --config "$CONFIG" --data-dir "$DATA" \
     --splits "$RUNS/splits.json" --fractions 0.1 1.0 --seeds "$seed" --encoder "$RUNS/pretrain/encoder.pt" \
     --no-progress --out "$RUNS/detect"
