@@ -4,7 +4,7 @@
 
 For each complete fine-tune run at 50 % and 100 % labels: on up to 400 validation slices of the
 sweep's split (SWEEP_DIR/splits.json; the test split stays out of the choice), Grad-CAM of the
-predicted class at layer2, layer3 and layer4 of the ResNet, and the localisation score (CAM mass
+predicted class at layer1 to layer4 of the ResNet, and the localisation score (CAM mass
 inside the atrophy mask) beside its chance level (the mask's area), as the report computes them.
 Prints one line per run.
 """
@@ -27,7 +27,7 @@ for run in [r for r in found if r.complete and r.mode == "finetune" and r.label_
     masks = torch.from_numpy(camstudy._resized_masks(dataset.masks[index], info["image_size"]))
     predicted = predict.class_probabilities(model, inputs).argmax(1)
     line = [run.init, f"labels {run.label_frac:g}"]
-    for name in ("layer2", "layer3", "layer4"):
+    for name in ("layer1", "layer2", "layer3", "layer4"):
         score = camstudy._localisation(gradcam.compute_cams(model, info["arch"], inputs, predicted, name), masks)
         ratio = score["localisation"] / score["localisation_chance"]
         line.append(f"{name} {score['localisation']:.3f} (chance {score['localisation_chance']:.3f}, "
