@@ -5,10 +5,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 RUNS="${RUNS:-demo_runs_results}"
 rm -rf "$RUNS"
 mkdir -p "$RUNS"
-start=$(date +%s)
-bash scripts/demo.sh "$RUNS"
-printf '%s\t%s\t%s\t%s\t%s\n' demo done "$(( $(date +%s) - start ))" "$(git rev-parse --short HEAD)" \
-  "bash scripts/demo.sh $RUNS" > "$RUNS/stages.tsv"
+LOG="$RUNS/stages.tsv"  # one row: name, status, seconds, git SHA, CPU class, command
+source "$ROOT/scripts/stages.sh"
+stage demo bash scripts/demo.sh "$RUNS"
 python -m simclr_ad.report --runs "$RUNS/finetune" --pretrain "$RUNS/pretrain" --out results/demo --copy-runs \
   --stages "$RUNS/stages.tsv"
 cp "$RUNS/phantoms.png" results/demo/phantoms.png
