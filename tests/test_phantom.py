@@ -243,14 +243,16 @@ def test_pooled_map_ratio_by_hand():
 
 
 def test_atrophy_is_compact_enough_for_a_coarse_cam(graded: Phantoms):
-    # v3 puts the atrophy in the ventricles and medial temporal lobes. v2's was spread along the whole
-    # cortical rim, where even this ideal 6x6 map (Grad-CAM layer2 at 48 px) reached only 2.3x chance.
-    assert _pooled_map_ratio(graded.masks, 6) > 4.0
+    # The atrophy lives in the ventricles and medial temporal lobes. v2's was spread along the whole
+    # cortical rim, where even this ideal 6x6 map (Grad-CAM layer2 at 48 px) reached only 2.3x chance;
+    # v3 kept faint cortical changes (5.3x); v4 has none (8.5x).
+    assert _pooled_map_ratio(graded.masks, 6) > 7.0
 
 
 def test_grades_separate_by_the_dark_share_of_the_core(graded: Phantoms):
     # One number per slice, three thresholds fitted on even subjects, scored on odd ones: the grade is
-    # visible in the image itself (v3: 0.90 balanced accuracy; v2: 0.81, its slice levels hid the ventricles).
+    # visible in the image itself (v4: 0.95 balanced accuracy; v3: 0.90, its linear ventricle widening
+    # set grades 2 and 3 closest; v2: 0.81, its slice levels hid the ventricles).
     dark = np.array([_dark_fraction(image) for image in graded.images])
     number = np.array([int(name[4:]) for name in graded.subjects])
     fit, held = number % 2 == 0, number % 2 == 1
@@ -259,4 +261,4 @@ def test_grades_separate_by_the_dark_share_of_the_core(graded: Phantoms):
                       + (dark[fit & (labels == g + 1)] >= t).mean()) for g in range(len(CLASSES) - 1)]
     predicted = (dark[held][:, None] >= np.array(thresholds)[None]).sum(axis=1)
     recall = [np.mean(predicted[labels[held] == g] == g) for g in range(len(CLASSES))]
-    assert np.mean(recall) > 0.85, recall
+    assert np.mean(recall) > 0.93, recall
