@@ -89,8 +89,8 @@ def _localisation(cams: np.ndarray, masks: torch.Tensor) -> dict[str, float]:
             "n_masks": len(valid)}
 
 
-def _cam_one_fraction(runs: Sequence[Run], protocol: str, frac: float, per_class: int, cache: dict,
-                      study: CamStudy) -> None:
+def _cam_one_fraction(runs: Sequence[Run], protocol: str, frac: float, per_class: int, scored_per_class: int,
+                      cache: dict, study: CamStudy) -> None:
     arms = {init: _pick_run(runs, protocol, init, frac) for init in ("simclr", "random")}
     if any(tuple(str(arms[a].config.get(k)) for k in DATA_KEYS) !=
            tuple(str(arms["simclr"].config.get(k)) for k in DATA_KEYS) for a in arms):
@@ -101,32 +101,39 @@ def _cam_one_fraction(runs: Sequence[Run], protocol: str, frac: float, per_class
         raise ValueError("the simclr and random runs have different classes")
     allowed = {row["path"] for row in _read_predictions(arms["random"].path / "predictions.csv")}
     predictions = _read_predictions(arms["simclr"].path / "predictions.csv")
-    paths = select_images(predictions, classes, per_class, allowed)
-    if not paths:
+    shown = select_images(predictions, classes, per_class, allowed)
+    if not shown:
         raise ValueError("the two runs share no test image")
+    dataset = _dataset(arms["simclr"], cache)
+    # with masks, localisation is scored on more images than the grid shows (the grid's are among them)
+    paths = shown if dataset.masks is None else select_images(predictions, classes, max(per_class, scored_per_class),
+                                                              allowed)
+    grid = np.array([paths.index(p) for p in shown])
     truth = {row["path"]: _class_index(row["true"], classes) for row in predictions}
     true = np.array([truth[p] for p in paths])
-    dataset = _dataset(arms["simclr"], cache)
-    index = dataset.indices_of(paths)
-    inputs = augment.prepare(dataset.images[torch.from_numpy(index)], size)
-    masks = dataset.masks[torch.from_numpy(index)] if dataset.masks is not None else None
+    index = torch.from_numpy(dataset.indices_of(paths))
+    inputs = augment.prepare(dataset.images[index], size)
+    masks = dataset.masks[index] if dataset.masks is not None else None
     cams, preds = {}, {}
     for init, (model, info) in models.items():
         arm = plots.arm_label(init, "finetune")
         preds[arm] = class_probabilities(model, inputs).argmax(axis=1)
         cams[arm] = gradcam.compute_cams(model, info["arch"], inputs, preds[arm], info["cam_layer"])
         row = {"label_frac": frac, "protocol": protocol, "arm": arm, "seed": arms[init].seed,
-               "cam_layer": info["cam_layer"], "n_images": len(paths),
-               **gradcam.faithfulness(model, inputs, preds[arm], cams[arm])}
+               "cam_layer": info["cam_layer"], "n_images": len(shown),
+               **gradcam.faithfulness(model, inputs[grid], preds[arm][grid], cams[arm][grid])}
         study.rows.append({**row, **(_localisation(cams[arm], masks) if masks is not None else {})})
     title = f"Grad-CAM at {plots.percent_labels(frac)} labels ({protocol}; seeds {arms['simclr'].seed}/{arms['random'].seed})"
     study.figures[f"gradcam_{frac:g}.png"] = plots.png_bytes(
-        plots.gradcam_grid_figure(gradcam.display_image(inputs), cams, true, preds, classes, title,
-                                  masks=None if masks is None else _resized_masks(masks, size)))
+        plots.gradcam_grid_figure(gradcam.display_image(inputs[grid]), {a: c[grid] for a, c in cams.items()}, true[grid],
+                                  {a: p[grid] for a, p in preds.items()}, classes, title,
+                                  masks=None if masks is None else _resized_masks(masks[grid], size)))
 
 
-def gradcam_study(runs: Sequence[Run], per_class: int) -> CamStudy:
-    """Grad-CAM of a simclr and a random finetune run per label fraction on the same test images.
+def gradcam_study(runs: Sequence[Run], per_class: int, scored_per_class: int = 32) -> CamStudy:
+    """Grad-CAM of a simclr and a random finetune run per label fraction on the same test images:
+    ``per_class`` per true class in the grid and the faithfulness scores, ``scored_per_class`` in the
+    localisation score (masked data only).
 
     Never raises: a failure (data dir gone, bad checkpoint, ...) becomes a note.
     """
@@ -140,7 +147,7 @@ def gradcam_study(runs: Sequence[Run], per_class: int) -> CamStudy:
         if protocol is None:
             continue
         try:
-            _cam_one_fraction(complete, protocol, frac, per_class, cache, study)
+            _cam_one_fraction(complete, protocol, frac, per_class, scored_per_class, cache, study)
         except Exception as err:  # noqa: BLE001 -- the report must survive any Grad-CAM failure
             study.notes.append(f"Grad-CAM at {plots.percent_labels(frac)} labels failed: {type(err).__name__}: "
                                f"{str(err)[:300]}")

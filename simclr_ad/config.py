@@ -185,6 +185,9 @@ class FinetuneConfig(AugmentConfig, CommonConfig):
     binary_names: tuple[str, ...] = ("Non_Demented", "Demented")  # names of the negative and positive class
     lr: float = 1e-4  # AdamW learning rate
     weight_decay: float = 1e-8  # AdamW weight decay
+    # the backbone's learning rate is lr x this (the head's is lr): < 1 keeps a pretrained encoder's features
+    # from being overwritten by a fresh head's first large gradients (both arms get the same recipe)
+    encoder_lr_mult: float = 1.0
     dropout: float = 0.5  # dropout before the linear head
     class_weights: bool = False  # weight the loss by inverse class frequency of the labelled subset
     early_stop_patience: int = 20  # epochs without val balanced-accuracy gain; 0 disables
@@ -196,6 +199,9 @@ class FinetuneConfig(AugmentConfig, CommonConfig):
     plateau_patience: int = 5  # plateau only: epochs without val-loss gain before the LR drops
     plateau_factor: float = 0.5  # plateau only: factor the LR is multiplied by
     eval_batch_size: int = 256  # batch size of validation and test inference
+    # finetune mode: before each validation, BatchNorm's running statistics are recomputed on up to this many
+    # unaugmented labelled training images (precise BN; 0: off, the running averages as trained)
+    bn_recalibrate: int = 512
     cam_layer: str = "auto"  # backbone stage Grad-CAM explains: auto (ResNet layer3, 8x8 at 128 px) or layer1..layer4
     min_steps_per_epoch: int = 0  # >0: small label subsets are repeated to give this many steps per epoch
     # sweep mode: run the grid below, one sub-run each, skipping finished ones
@@ -241,6 +247,8 @@ class FinetuneConfig(AugmentConfig, CommonConfig):
             _check(init in ("simclr", "random", "imagenet") or _is_path_like(init), "init",
                    f"{init!r} must be simclr, random, imagenet or a path to a state_dict")
         _check(self.lr > 0, "lr", "must be > 0")
+        _check(0 < self.encoder_lr_mult <= 1, "encoder_lr_mult", "must be in (0, 1]")
+        _check(self.bn_recalibrate >= 0, "bn_recalibrate", "must be >= 0 (0: off)")
         _check(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
         _check(self.lr_schedule in ("plateau", "cosine", "constant"), "lr_schedule",
                "must be plateau, cosine or constant")

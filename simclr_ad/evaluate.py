@@ -68,6 +68,22 @@ def predict_proba(model: torch.nn.Module, images: torch.Tensor, size: int | None
     return logits.softmax(dim=1).numpy(), logits.numpy()
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: torch.nn.Module, images: torch.Tensor, size: int, rt: Runtime,
+                          batch_size: int = 256) -> None:
+    """Set every BatchNorm's running mean and variance to their average over ``images`` (uint8 [N,1,H,W],
+    prepared as in evaluation, unaugmented): "precise BN", by torch.optim.swa_utils.update_bn.
+
+    The running averages trail the weights by ~1/momentum steps; a fine-tune of a few steps per epoch
+    is evaluated with statistics of weights long gone (a SimCLR encoder's, from augmented views).
+    Only evaluation reads them: training in train mode uses batch statistics and is unchanged.
+    """
+    chunks = np.array_split(np.arange(len(images)), max(1, -(-len(images) // batch_size)))  # none of size 1
+    inputs = (rt.to_input(augment.prepare(images[torch.from_numpy(c)].to(rt.device), size)) for c in chunks)
+    with rt.autocast():
+        torch.optim.swa_utils.update_bn(inputs, model)
+
+
 def knn_monitor(backbone: torch.nn.Module, bank_images: torch.Tensor, bank_labels: np.ndarray,
                 query_images: torch.Tensor, query_labels: np.ndarray, num_classes: int, size: int,
                 rt: Runtime, k: int = 20, temperature: float = 0.1) -> dict[str, float]:

@@ -347,12 +347,13 @@ def _ratio(value: Any, chance: Any) -> float:
 def _gradcam_part(doc: Document, study: CamStudy) -> None:
     doc.heading(2, "Grad-CAM")
     doc.para("For each label fraction with both a simclr and a random finetune run (seed 0 preferred), the same "
-             "test images (the first N per true class in predictions.csv order) are explained for each arm's "
-             "predicted class (GradCAM at the run's cam_layer; auto: models.target_layer). Faithfulness uses "
+             "test images (the first N per true class in predictions.csv order; images = the grid's) are explained "
+             "for each arm's predicted class (GradCAM at the run's cam_layer; auto: models.target_layer). Faithfulness uses "
              "grad-cam's metrics on softmax "
              "confidence: ROAD combined (higher = more faithful), drop in confidence when the image is multiplied "
              "by the CAM (lower = better) and the share of images whose confidence rises. Localisation = share of "
-             "CAM mass inside the ground-truth atrophy mask, over images with a non-empty mask; chance = the "
+             "CAM mass inside the ground-truth atrophy mask, over more test images than the grid (--gradcam-scored-per-class "
+             "per class), those with a non-empty mask (masks); chance = the "
              "masks' mean area share (what a uniform map scores); × chance = their ratio.")
     if study.rows:
         has_masks = any("localisation" in r for r in study.rows)
@@ -428,7 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", action="append", default=[], metavar="DIR", help="dir of fine-tune runs")
     parser.add_argument("--out", required=True, metavar="REPORT_DIR", help="where the report and its figures go")
-    parser.add_argument("--gradcam-per-class", type=int, default=2, metavar="N", help="test images per class")
+    parser.add_argument("--gradcam-per-class", type=int, default=2, metavar="N",
+                        help="test images per class in each Grad-CAM grid and its faithfulness scores")
+    parser.add_argument("--gradcam-scored-per-class", type=int, default=32, metavar="N",
+                        help="test images per class the localisation score averages over (data with masks)")
     parser.add_argument("--no-gradcam", action="store_true", help="skip the Grad-CAM study (fast)")
     parser.add_argument("--pretrain", default=None, metavar="RUN_DIR",
                         help="a pretrain run: its loss/kNN curve goes into the report, its logs into REPORT_DIR")
@@ -448,13 +452,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(runs: Sequence[str] = (), out: str | Path = "report", gradcam_per_class: int = 2, no_gradcam: bool = False,
         pretrain: str | None = None, copy_runs: bool = False, redact_paths: bool = False,
-        ablation: str | None = None, stages: str | None = None, num_threads: int = 0) -> Path:
+        ablation: str | None = None, stages: str | None = None, num_threads: int = 0,
+        gradcam_scored_per_class: int = 32) -> Path:
     """The report of fine-tune runs under ``runs`` (or of an ablation, or of a pretrain run alone) in ``out``.
 
     The keyword arguments are the command line's flags (``python -m simclr_ad.report --help``).
     """
-    if gradcam_per_class < 1:
-        raise ReportError("--gradcam-per-class must be >= 1")
+    if gradcam_per_class < 1 or gradcam_scored_per_class < 1:
+        raise ReportError("--gradcam-per-class and --gradcam-scored-per-class must be >= 1")
     if redact_paths and not copy_runs:
         raise ReportError("--redact-paths applies to the copied records: give --copy-runs too")
     if num_threads > 0:
@@ -474,12 +479,15 @@ def run(runs: Sequence[str] = (), out: str | Path = "report", gradcam_per_class:
         return out
     if not runs:
         raise ReportError("give --runs DIR (fine-tune runs) and/or --pretrain RUN_DIR")
-    return write_report(list(runs), out, gradcam_per_class, no_gradcam, pretrain, copy_runs, redact_paths)
+    return write_report(list(runs), out, (gradcam_per_class, gradcam_scored_per_class), no_gradcam, pretrain,
+                        copy_runs, redact_paths)
 
 
-def write_report(roots: list[str], out: Path, gradcam_per_class: int, no_gradcam: bool, pretrain: str | None,
+def write_report(roots: list[str], out: Path, gradcam_images: tuple[int, int], no_gradcam: bool, pretrain: str | None,
                  copy_runs: bool, redact_paths: bool = False) -> Path:
-    """report.md, report.html, summary.csv and the figures of the fine-tune runs under ``roots``."""
+    """report.md, report.html, summary.csv and the figures of the fine-tune runs under ``roots``.
+
+    ``gradcam_images``: test images per class in the Grad-CAM grids, and in the localisation score."""
     # ---------------------------------------------------------------- runs and statistics
     runs = find_runs(roots)
     if not runs:
@@ -502,7 +510,7 @@ def write_report(roots: list[str], out: Path, gradcam_per_class: int, no_gradcam
     figures.update(clinical_study.figures)
     if clinical_study.subjects_csv:
         atomic_write_text(out / "subjects.csv", clinical_study.subjects_csv)
-    study = CamStudy(notes=["skipped (--no-gradcam)"]) if no_gradcam else gradcam_study(runs, gradcam_per_class)
+    study = CamStudy(notes=["skipped (--no-gradcam)"]) if no_gradcam else gradcam_study(runs, *gradcam_images)
     figures.update(study.figures)
     for name, png in figures.items():
         atomic_write_bytes(out / name, png)

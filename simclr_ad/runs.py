@@ -49,8 +49,9 @@ RECORD_FILES = (CONFIG_FILE, "metrics.jsonl", METRICS_FILE)
 LAUNCH_KEYS = frozenset({"out", "progress", "num_threads", "cache_dir", "splits", "encoder", "restore_from",
                          "sweep", "fractions", "inits", "modes", "seeds", "overwrite", "checkpoint_every_steps",
                          "class_order"})
-# what a key meant in runs recorded before it existed: label budgets counted slices then
-PREDATED_DEFAULTS = {"label_unit": "slice", "label_subjects": 0}
+# what a key meant in runs recorded before it existed: label budgets counted slices then; one learning rate
+# for the whole network; validation read BatchNorm's running averages as trained
+PREDATED_DEFAULTS = {"label_unit": "slice", "label_subjects": 0, "encoder_lr_mult": 1.0, "bn_recalibrate": 0}
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 PROTOCOL_ORDER = ("subject", "auto", "default", "image")  # grouped protocols first: they are the honest ones
 INIT_ORDER = ("simclr", "imagenet", "random")

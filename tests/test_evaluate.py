@@ -1,5 +1,6 @@
 """evaluate.py: metrics by hand and against sklearn."""
 import numpy as np
+import torch
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score
 
@@ -38,3 +39,21 @@ def test_chance_levels_agree_with_a_constant_predictor():
     chance = evaluate.chance_levels(scored["confusion_matrix"])
     for key in ("accuracy", "balanced_accuracy", "macro_f1"):
         assert chance[key] == pytest.approx(scored[key])
+
+
+def test_recalibrate_batchnorm_sets_the_statistics_of_the_images():
+    """Precise BN: running mean/var become the images' own (as prepared for evaluation), whatever they were;
+    batches never leave one image alone (train-mode BN raises on a batch of 1 at 1x1)."""
+    from simclr_ad import augment, runtime
+
+    rt = runtime.Runtime(device=torch.device("cpu"), dtype=None, channels_last=False)
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.BatchNorm2d(1))
+    model[0].running_mean.fill_(5.0), model[0].running_var.fill_(9.0)
+    images = torch.randint(0, 256, (7, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    model.eval()
+    evaluate.recalibrate_batchnorm(model, images, 8, rt, batch_size=3)  # 3 + 2 + 2, not 3 + 3 + 1
+    assert not model.training and model[0].momentum == 0.1  # mode and momentum restored
+    evaluate.recalibrate_batchnorm(model, images[:6], 8, rt, batch_size=3)  # equal chunks: the exact mean
+    x = augment.prepare(images[:6], 8)
+    assert model[0].running_mean.item() == pytest.approx(x.mean().item(), abs=1e-5)
+    assert model[0].running_var.item() == pytest.approx(x.var().item(), rel=0.05)  # a mean of batch variances

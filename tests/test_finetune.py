@@ -8,9 +8,9 @@ import torch
 import yaml
 
 from simclr_ad import checkpoint, fileio, finetune, pretrain, report, runs
-from simclr_ad.config import ConfigError
+from simclr_ad.config import ConfigError, FinetuneConfig
 from simclr_ad.errors import UserError
-from simclr_ad.models import ModelError
+from simclr_ad.models import ModelError, build_classifier
 from tests.conftest import TINY
 
 METRIC_KEYS = {"accuracy", "balanced_accuracy", "macro_f1", "per_class", "confusion_matrix", "classes",
@@ -228,3 +228,14 @@ def test_cosine_run_logs_the_epochs_starting_lr_and_resumes_it(tmp_path):
 
     lrs = [r["lr"] for r in read_records(out / "metrics.jsonl")]
     assert len(lrs) == 3 and lrs[0] < lrs[1] and lrs[2] < lrs[1]
+
+
+def test_param_groups_give_the_backbone_lr_times_encoder_lr_mult():
+    model = build_classifier("resnet18", 3)
+    groups = finetune.param_groups(model, FinetuneConfig(lr=1e-3, encoder_lr_mult=0.1))
+    assert [g["lr"] for g in groups] == [pytest.approx(1e-3), pytest.approx(1e-4)]
+    assert sum(p.numel() for p in groups[0]["params"]) == sum(p.numel() for p in model.head.parameters())
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert len(finetune.param_groups(model, FinetuneConfig())) == 1  # mult 1: one group, as old checkpoints have
+    model.backbone.requires_grad_(False)  # a linear probe: the head alone
+    assert len(finetune.param_groups(model, FinetuneConfig(encoder_lr_mult=0.1))) == 1

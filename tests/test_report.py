@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from simclr_ad import camstudy, checkpoint, plots, report
+from simclr_ad import camstudy, checkpoint, data, plots, report
 from simclr_ad.config import FinetuneConfig, config_to_dict, write_config
 from simclr_ad.data import scan
 from simclr_ad.models import build_classifier
@@ -169,6 +169,30 @@ def test_gradcam_study_on_real_checkpoints(class_folders, tmp_path):
     assert [r["arm"] for r in study.rows] == ["simclr+finetune", "random+finetune"]
     assert all(r["n_images"] == 3 and math.isfinite(r["road_combined"]) for r in study.rows)
     assert list(study.figures) == ["gradcam_0.5.png"] and study.figures["gradcam_0.5.png"][:4] == b"\x89PNG"
+
+
+def test_gradcam_localisation_scores_more_images_than_the_grid_shows(tmp_path):
+    """Phantoms have masks: the grid (and faithfulness) shows per_class images per class, localisation
+    averages over scored_per_class of them (the 8-image score of results/demo was noise)."""
+    root, keys = tmp_path / "runs", {"synth_n": 64, "synth_slices": 4, "cache_dir": str(tmp_path / "cache")}
+    images = data.load_dataset(FinetuneConfig(image_size=32, progress=False, **keys))
+    torch.manual_seed(0)
+    for init in ("simclr", "random"):
+        run_dir = make_run(root, "subject", init, 0.5, 0, 0.5, **keys)
+        model = build_classifier("resnet18", len(images.classes))
+        checkpoint.save(checkpoint.make(model, None, None, 1, 1, 0.5, config_to_dict(FinetuneConfig()), "resnet18",
+                                        {"classes": images.classes, "image_size": 32, "task": "multiclass"}),
+                        run_dir / "best.pt")
+        lines = ["path,group,true,pred," + ",".join(f"p_{c}" for c in images.classes)]
+        lines += [f"{p},{p},{images.classes[y]},{images.classes[0]}," + ",".join(["0.25"] * len(images.classes))
+                  for p, y in zip(images.paths, images.labels)]
+        (run_dir / "predictions.csv").write_text("\n".join(lines) + "\n")
+    study = camstudy.gradcam_study(report.find_runs([root]), per_class=1, scored_per_class=4)
+    assert study.notes == []
+    n_classes = len(images.classes)
+    assert all(r["n_images"] == n_classes for r in study.rows)
+    assert all(n_classes < r["n_masks"] <= 4 * n_classes for r in study.rows)
+    assert all(0 < r["localisation_chance"] < 1 for r in study.rows)
 
 
 def test_resized_masks_takes_the_datasets_layout():
