@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up .venv (first run only), then the main job end to end on the embedded synthetic
 # phantom dataset: SimCLR pretrain -> fine-tune at 5 label fractions for both arms -> report.
-# 6.2 min on 2 quiet amx cores (results/demo/RUN.md; not timed on avx2, where the earlier 6-epoch recipe took 8.8 min).
+# 8.3 min on 2 quiet amx cores (results/demo/RUN.md; not timed on avx2, where an earlier 6-epoch recipe took 8.8 min).
 # Re-running resumes and skips finished work.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
