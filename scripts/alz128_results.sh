@@ -10,7 +10,9 @@
 #   3. 4-class: per fold, fine-tune at 1 / 10 / 100 % of the training subjects, both arms (SimCLR init from
 #      the picked variant, random init), then the reference baselines on the same subjects;
 #   4. binary (non-demented vs demented): folds $BINARY_FOLDS at 10 / 100 %, both arms, baselines;
-#   5. the other two variants, SimCLR arm only, fold 0 at 10 / 100 %: the ablation report.
+#   5. the other two variants, SimCLR arm only, fold 0 at 10 / 100 %: the ablation report;
+#   6. the grouping's sensitivity (weakest links; fold 0 at 10 % with chain fragments as subjects);
+#   7. an image-level split, fold 0 at 100 %, the literature's protocol, for comparison.
 # Reports go to $OUT/{multiclass,binary,ablation}/ with RUN.md (commands, SHA, CPU class, wall time).
 # About 12 CPU hours on 2 amx cores (results/alzheimer_128/RUN.md has the plan). Resumable: re-run the same
 # command, finished stages and cells are skipped; it spans sessions:
@@ -73,8 +75,8 @@ echo "picked pretraining variant: $PICKED"
 # same split and labelled subjects; then the report of every fold so far.
 grid() {
   local name=$1 folds=$2 fold; shift 2
-  for fold in $folds; do
-    local split=(--splits "$RUNS/folds/fold$fold.json" --label-unit subject --seeds 0 "$@")
+  for fold in $folds; do  # RUNS_FOLDS and LABEL_UNIT: another split's fold files and label unit
+    local split=(--splits "${RUNS_FOLDS:-$RUNS/folds}/fold$fold.json" --label-unit "${LABEL_UNIT:-subject}" --seeds 0 "$@")
     stage "$name-fold$fold" python -m simclr_ad.finetune "${COMMON[@]}" "${split[@]}" --sweep \
       --inits simclr random --encoder "$ENCODER" --out "$RUNS/$name/fold$fold" --restore-from "$OUT/$name/runs/fold$fold"
     stage "$name-baselines-fold$fold" python -m simclr_ad.baselines "${COMMON[@]}" "${split[@]}" \
@@ -94,4 +96,17 @@ done
 ln -sfn "$RUNS/multiclass/fold0/simclr-finetune" "$VAR/$PICKED/finetune"
 mkdir -p "$VAR/random-init" && ln -sfn "$RUNS/multiclass/fold0/random-finetune" "$VAR/random-init/finetune"
 ablation
-echo "results: $OUT/multiclass/report.md, $OUT/binary/report.md, $OUT/ablation/ablation.md, RUN.md in each"
+# 6. The grouping's sensitivity: how weak the weakest link inside each inferred subject is (audit, no image
+# paths), then the same folds with each chain fragment the auto grouping attached recorded as its own
+# subject (data split --keep-fragments): fold 0 at 10 %, both arms, against the stitched fold 0's cells.
+python -m simclr_ad.data audit --config "$CONFIG" --data-dir "$DATA" --splits "$RUNS/folds/fold0.json" --max-examples 0 \
+  --out "$OUT/audit_fold0.json" || echo "audit failed; the study goes on"
+stage split-fragments python -m simclr_ad.data split --config "$CONFIG" --data-dir "$DATA" --group-by auto --split-seed 0 \
+  --folds "$K" --keep-fragments --out "$RUNS/folds_fragments"
+RUNS_FOLDS="$RUNS/folds_fragments" grid fragments 0 --fractions 0.1
+# 7. The literature's leaky protocol, one column at the same scale: an image-level split (slices of one
+# brain on both sides), fold 0 of 5, at 100 % of the training slices, both arms and baselines.
+stage split-image python -m simclr_ad.data split --config "$CONFIG" --data-dir "$DATA" --group-by image --split-seed 0 \
+  --folds "$K" --out "$RUNS/folds_image"
+RUNS_FOLDS="$RUNS/folds_image" LABEL_UNIT=slice grid image 0 --fractions 1.0
+echo "results: $OUT/{multiclass,binary,fragments,image}/report.md, $OUT/ablation/ablation.md, RUN.md in each"

@@ -112,13 +112,16 @@ def _cmd_split(args: argparse.Namespace) -> None:
     cfg = config_from_args(CommonConfig, None, args)
     if not args.out:
         raise DataError("`split` needs --out FILE (e.g. --out splits.json; with --folds a directory)")
+    if args.keep_fragments and not args.folds:
+        raise DataError("--keep-fragments applies to --folds K (the folds stay those of the stitched groups)")
     if args.folds and args.test_frac is not None:
         raise DataError(f"--folds {args.folds} tests 1/{args.folds} of the subjects in each fold; "
                         "--test-frac does not apply to it (leave it out)")
     _check_shares(cfg.val_frac, cfg.test_frac)  # before the slow decode
     images = _load(cfg, "split")
     if args.folds:
-        made = folds.make_folds(images, args.folds, cfg.group_by, cfg.val_frac, cfg.split_seed)
+        made = folds.make_folds(images, args.folds, cfg.group_by, cfg.val_frac, cfg.split_seed,
+                                keep_fragments=args.keep_fragments)
         summary, removed = folds.write_folds(made, args.out)
         for path in removed:
             print(f"removed {path}: a fold of an earlier split there with more than {args.folds} folds", file=sys.stderr)
@@ -156,6 +159,12 @@ def _cmd_audit(args: argparse.Namespace) -> None:
           f"{report['near_duplicate_pairs']} near-duplicate pairs cross splits ({pairs})")
     print("  share with a near-twin in train: "
           + ", ".join(f"{k} {100 * v:.1f}%" for k, v in twins.items() if v is not None))
+    weak = report["weakest_link"]
+    if weak["min"] is not None:
+        below = next(k for k in weak if k.startswith("below_"))
+        print(f"  weakest link inside a group (cosine): min {weak['min']}, 10th percentile {weak['p10']}, median "
+              f"{weak['median']}; {weak[below]} of {weak['n_groups']} groups below {below[6:]}"
+              + (f", {weak['unconnected']} not connected by near pairs" if weak["unconnected"] else ""))
     for example in report["examples"]:
         print(f"  {example['cosine']:.5f}  {example['splits']:<10}  {example['a']}  ~  {example['b']}")
     if args.montage:
@@ -177,6 +186,9 @@ def add_cli(subparsers) -> None:
     split.add_argument("--folds", type=int, default=0, metavar="K",
                        help="write K subject-grouped, class-stratified folds (fold<k>.json each, and folds.json): "
                             "every subject tested once; validation from the other subjects")
+    split.add_argument("--keep-fragments", action="store_true",
+                       help="with --folds and --group-by auto: the same folds, but each chain fragment that the "
+                            "auto grouping attached to a group is recorded as its own subject (sensitivity check)")
     # the older names of val_frac, test_frac and split_seed, still accepted
     split.add_argument("--val", dest="val_frac", type=float, default=None, help=argparse.SUPPRESS)
     split.add_argument("--test", dest="test_frac", type=float, default=None, help=argparse.SUPPRESS)

@@ -52,14 +52,18 @@ def rare_class_notes(classes: list[str], label_of: dict[str, int], n_folds: int)
 
 
 def make_folds(images: ImageSet, n_folds: int, group_by: str = "default", val_frac: float = 0.1, seed: int = 0,
-               fractions=DEFAULT_FRACTIONS) -> list[dict]:
+               fractions=DEFAULT_FRACTIONS, keep_fragments: bool = False) -> list[dict]:
     """K split dicts: fold k tests the k-th part, validates on ~val_frac of the images from the other
-    subjects (by whole groups, per class) and trains on the rest."""
+    subjects (by whole groups, per class) and trains on the rest.
+
+    ``keep_fragments`` (group_by auto): the folds are the same, made from the stitched groups, but the
+    split files record each chain fragment as its own subject, so label budgets and subject-level
+    metrics count fragments (a sensitivity check of the stitching)."""
     if n_folds < 2:
         raise DataError(f"--folds {n_folds}: cross-validation needs at least 2 folds")
     _check_shares(val_frac, 1.0 / n_folds)
     resolved = _resolve_group_by(images, group_by)
-    group_ids, grouping = _group_ids(images, resolved)
+    group_ids, grouping, fragment_ids = _group_ids(images, resolved, keep_fragments)
     members = group_members(group_ids)
     if len(members) < n_folds:
         raise DataError(f"--folds {n_folds} needs at least {n_folds} groups; the data has {len(members)}")
@@ -87,10 +91,12 @@ def make_folds(images: ImageSet, n_folds: int, group_by: str = "default", val_fr
                        if class_total[c] and s not in {split_of[k] for k in np.flatnonzero(images.labels == c)}]
             if missing:
                 notes.append(f"fold {fold}: class {name} is absent from {'/'.join(missing)}")
-        out.append(build_split(images, split_of, group_ids, grouping, notes, seed, fractions,
-                               {"group_by": resolved, "group_by_requested": group_by, "val_frac": float(val_frac),
-                                "test_frac": round(sum(len(members[g]) for g in tested) / len(images), 4),
-                                "fold": fold, "n_folds": n_folds}))
+        extra = {"group_by": resolved, "group_by_requested": group_by, "val_frac": float(val_frac),
+                 "test_frac": round(sum(len(members[g]) for g in tested) / len(images), 4),
+                 "fold": fold, "n_folds": n_folds}
+        if fragment_ids is not None:
+            extra.update(fragments_kept=True, n_stitched_groups=len(members))
+        out.append(build_split(images, split_of, fragment_ids or group_ids, grouping, notes, seed, fractions, extra))
     return out
 
 

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
+from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
 from simclr_ad.data import DataError, ImageSet
 
@@ -215,10 +215,11 @@ def _relabel(component: np.ndarray) -> np.ndarray:
     return rank[component]
 
 
-def infer_groups(images: ImageSet, rule: Optional[NearDuplicates] = None) -> np.ndarray:
+def infer_groups(images: ImageSet, rule: Optional[NearDuplicates] = None, attach: bool = True) -> np.ndarray:
     """Auto grouping: an int group id per image; slices of one inferred subject share an id.
 
-    Groups never mix classes. ``images.images`` must be decoded.
+    Groups never mix classes. ``images.images`` must be decoded. ``attach`` False stops before small
+    components are attached to their nearest group: the chain fragments, each its own group.
     """
     if len(images) == 0:
         return np.zeros(0, dtype=np.int64)
@@ -228,8 +229,26 @@ def infer_groups(images: ImageSet, rule: Optional[NearDuplicates] = None) -> np.
     near = margin <= 0
     component = _components(len(images), i[near], j[near])
     component = _split_oversized(component, i[near], j[near], margin[near])
-    component = _attach_fragments(component, i, j, cos)
-    return _relabel(component)
+    return _relabel(_attach_fragments(component, i, j, cos) if attach else component)
+
+
+def weakest_links(groups: np.ndarray, i: np.ndarray, j: np.ndarray, cosine: np.ndarray) -> dict[int, float]:
+    """Per group, the cosine of the weakest link that must hold it together: the smallest edge of its
+    maximum spanning tree over the pairs (i, j) inside it (nan for a group those pairs do not connect;
+    1.0 for a single image). A group stitched across a gap has a weak one."""
+    inside = (groups[i] == groups[j]) & (i != j)
+    a, b, cos = np.minimum(i, j)[inside], np.maximum(i, j)[inside], cosine[inside]
+    _, first = np.unique(a * len(groups) + b, return_index=True)  # each pair once (a sparse matrix sums repeats)
+    a, b, cos = a[first], b[first], cos[first]
+    tree = minimum_spanning_tree(coo_matrix((2.0 - cos, (a, b)), shape=(len(groups), len(groups))).tocsr()).tocoo()
+    links: dict[int, float] = {int(g): 1.0 for g in np.unique(groups)}
+    edges = np.zeros(len(groups), dtype=np.int64)
+    for a, b, weight in zip(tree.row, tree.col, tree.data):
+        g = int(groups[a])
+        links[g] = min(links[g], float(2.0 - weight))
+        edges[g] += 1
+    sizes = np.bincount(groups, minlength=len(edges))
+    return {g: (v if edges[g] == sizes[g] - 1 else math.nan) for g, v in links.items()}
 
 
 def label_free_groups(images: ImageSet) -> np.ndarray:

@@ -51,7 +51,7 @@ import numpy as np
 
 from simclr_ad.data import DataError, ImageSet
 from simclr_ad.fileio import atomic_write_text
-from simclr_ad.grouping import FEATURE_SIZE, NearDuplicates, infer_groups, thumbnail_features  # noqa: F401 (scripts/probes use splits.thumbnail_features)
+from simclr_ad.grouping import FEATURE_SIZE, NearDuplicates, infer_groups, thumbnail_features, weakest_links  # noqa: F401 (scripts/probes use splits.thumbnail_features)
 
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.01, 0.1, 0.2, 0.5, 1.0)
@@ -72,18 +72,30 @@ def _resolve_group_by(images: ImageSet, group_by: str) -> str:
     return group_by
 
 
-def _group_ids(images: ImageSet, group_by: str) -> tuple[list[str], Optional[dict]]:
-    """A string group id per image, plus how auto groups were made."""
+def _group_ids(images: ImageSet, group_by: str, fragments: bool = False) -> tuple[list[str], Optional[dict],
+                                                                                 Optional[list[str]]]:
+    """A string group id per image, how auto groups were made, and (auto, ``fragments``) the id of each
+    image's chain fragment: the near-duplicate component it was in before fragments were attached to
+    their nearest group ("g0012f1": group g0012's second fragment)."""
+    if fragments and group_by != "auto":
+        raise DataError(f"keeping chain fragments apart needs group_by auto (inferred groups), not {group_by}")
     if group_by == "subject":
-        return [str(s) for s in images.subjects], None  # type: ignore[union-attr]
+        return [str(s) for s in images.subjects], None, None  # type: ignore[union-attr]
     if group_by == "image":
-        return [f"i{k:05d}" for k in range(len(images))], None
+        return [f"i{k:05d}" for k in range(len(images))], None, None
     rule = NearDuplicates.fit(images)
     groups = infer_groups(images, rule)
     info = {"method": "connected near-duplicates within a class (see simclr_ad/splits.py)",
             "feature_size": FEATURE_SIZE, "decoded_size": int(images.images.shape[-1]),  # type: ignore[union-attr]
             "threshold": rule.threshold(images.classes)}
-    return [f"g{g:04d}" for g in groups], info
+    if not fragments:
+        return [f"g{g:04d}" for g in groups], info, None
+    pieces = infer_groups(images, rule, attach=False)
+    number: dict[tuple[int, int], int] = {}
+    for g, piece in zip(groups, pieces):
+        number.setdefault((int(g), int(piece)), sum(1 for key in number if key[0] == g))
+    return ([f"g{g:04d}" for g in groups], info,
+            [f"g{g:04d}f{number[(int(g), int(piece))]}" for g, piece in zip(groups, pieces)])
 
 
 def _assign(names: list[str], sizes: dict[str, int], targets: dict[str, float],
@@ -317,7 +329,7 @@ def make_splits(images: ImageSet, group_by: str = "default", val_frac: float = 0
     if len(images) == 0:
         raise DataError(f"no images to split under {images.root}")
     resolved = _resolve_group_by(images, group_by)
-    group_ids, grouping = _group_ids(images, resolved)
+    group_ids, grouping, _ = _group_ids(images, resolved)
     split_of, notes = _split_groups(images, group_ids, val_frac, test_frac, seed)
     return build_split(images, split_of, group_ids, grouping, notes, seed, fractions,
                        {"group_by": resolved, "group_by_requested": group_by, "val_frac": float(val_frac),
@@ -491,5 +503,26 @@ def audit(images: ImageSet, splits: dict, max_examples: int = 12) -> dict:
         "n_images": {key: int(np.sum(split_of == key)) for key in SPLITS},
         "group_by": splits.get("group_by"),
         "threshold": rule.threshold(images.classes),
+        "weakest_link": _weakest_link_summary(images, splits, rule),
         "examples": examples,
     }
+
+
+WEAK_LINK = 0.8  # a group held together by a link below this cosine joins slices that are not near-duplicates
+
+
+def _weakest_link_summary(images: ImageSet, splits: dict, rule: NearDuplicates) -> dict:
+    """How strong the weakest link inside each of the split's groups is (grouping.weakest_links over the
+    within-class candidate pairs): quantiles, the groups below WEAK_LINK, and every group's value."""
+    names = [str(splits["groups"].get(p, "")) for p in images.paths]
+    ids, codes = np.unique(names, return_inverse=True)
+    i, j, cos = rule.candidate_pairs()
+    links = weakest_links(codes, i, j, cos)
+    values = np.array([links[k] for k in range(len(ids)) if ids[k]], dtype=float)
+    held = values[np.isfinite(values)]
+    quantile = (lambda q: round(float(np.quantile(held, q)), 4)) if len(held) else (lambda q: None)
+    return {"n_groups": int(len(values)), "unconnected": int(np.sum(~np.isfinite(values))),
+            "min": quantile(0.0), "p10": quantile(0.1), "median": quantile(0.5),
+            f"below_{WEAK_LINK}": int(np.sum(held < WEAK_LINK)),
+            "per_group": {str(ids[k]): (round(links[k], 4) if math.isfinite(links[k]) else None)
+                          for k in range(len(ids)) if ids[k]}}

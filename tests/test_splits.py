@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from sklearn.metrics import adjusted_rand_score
 
-from simclr_ad import data, data_cli, grouping, phantom, splits
+from simclr_ad import data, data_cli, folds, grouping, phantom, splits
 from simclr_ad.data import DataError, ImageSet
 from simclr_ad.errors import UserError
 
@@ -207,6 +207,9 @@ def test_audit_finds_planted_twins_across_image_split_and_none_across_subject_sp
     auto = splits.make_splits(images, "auto")
     assert splits.audit(images, auto)["cross_split_pairs"] == 0
     assert auto["group_stats"]["n_groups"] == len(images) - n_twins  # twins grouped, strangers alone
+    weak = splits.audit(images, auto)["weakest_link"]  # each twin pair holds by its own near-identity
+    assert weak["n_groups"] == len(images) - n_twins and weak["unconnected"] == 0
+    assert weak["min"] > 0.99 and weak["below_0.8"] == 0 and len(weak["per_group"]) == weak["n_groups"]
 
 
 def test_audit_on_phantoms_many_for_image_split_none_for_auto(ph, ph_splits, tmp_path):
@@ -285,6 +288,8 @@ def test_cli_split_and_audit(tmp_path, capsys):
         assert (tmp_path / f"{mode}.png").is_file()
     auto = splits.read_splits(tmp_path / "auto.json")
     assert auto["group_stats"]["n_groups"] == 10  # 10 phantom subjects of 32 slices
+    data_cli.main(["audit", *common, "--splits", str(tmp_path / "auto.json")])
+    assert "weakest link inside a group (cosine): min" in capsys.readouterr().out
     data_cli.main(["split", *common, "--out", str(tmp_path / "subject.json")])
     assert splits.read_splits(tmp_path / "subject.json")["group_by"] == "subject"  # manifest has subject ids
     with pytest.raises(DataError, match="--data-dir"):
@@ -352,3 +357,30 @@ def test_cli_split_reads_shared_keys_through_the_stage_config(tmp_path, capsys):
     assert made["seed"] == 3 and made["val_frac"] == 0.2
     with pytest.raises(UserError, match="group_by"):
         data_cli.main(["split", "--data-dir", str(root), "--out", str(tmp_path / "b.json"), "--group-by", "nope"])
+
+
+def test_weakest_links_by_hand():
+    """Group 0 is held by 0.99 (0-1) and 0.75 (1-2): its weakest link is 0.75, not the unused 0.70 (0-2);
+    a repeated pair counts once; group 1 is one pair; group 2 is one image; group 3 is not connected."""
+    from simclr_ad.grouping import weakest_links
+
+    groups = np.array([0, 0, 0, 1, 1, 2, 3, 3])
+    i, j = np.array([0, 1, 0, 1, 3, 2]), np.array([1, 2, 2, 0, 4, 5])
+    cos = np.array([0.99, 0.75, 0.70, 0.99, 0.95, 0.9])  # 2-5 crosses groups: ignored
+    links = weakest_links(groups, i, j, cos)
+    assert links[0] == pytest.approx(0.75) and links[1] == pytest.approx(0.95) and links[2] == 1.0
+    assert math.isnan(links[3])
+
+
+def test_folds_keeping_fragments_change_the_subjects_not_the_folds(ph):
+    """--keep-fragments: every fold tests, validates and trains on the same images as the stitched auto
+    folds, but the recorded subjects are the chain fragments, each inside one stitched group."""
+    images, _ = ph
+    plain, kept = folds.make_folds(images, 3, "auto"), folds.make_folds(images, 3, "auto", keep_fragments=True)
+    for a, b in zip(plain, kept):
+        assert (a["train"], a["val"], a["test"]) == (b["train"], b["val"], b["test"])
+        assert all(b["groups"][p].startswith(a["groups"][p] + "f") for p in images.paths)
+        assert b["fragments_kept"] and b["n_stitched_groups"] == len(set(a["groups"].values()))
+    assert len(set(kept[0]["groups"].values())) > len(set(plain[0]["groups"].values()))  # these phantoms have some
+    with pytest.raises(DataError, match="group_by auto"):
+        folds.make_folds(images, 3, "subject", keep_fragments=True)
