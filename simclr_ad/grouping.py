@@ -260,3 +260,22 @@ def label_free_groups(images: ImageSet) -> np.ndarray:
     if images.subjects is not None:
         return np.unique(np.asarray(images.subjects, dtype=str), return_inverse=True)[1].astype(np.int64)
     return infer_groups(replace(images, labels=np.zeros(len(images), dtype=np.int64), classes=["all"]))
+
+
+WEAK_LINK = 0.8  # a group held together by a link below this cosine joins slices that are not near-duplicates
+
+
+def weakest_link_summary(names: Sequence[str], rule: NearDuplicates) -> dict:
+    """How strong the weakest link inside each group is (``weakest_links`` over the rule's within-class
+    candidate pairs), for ``names``, a group name per image ("" for none): quantiles, the groups below
+    WEAK_LINK, and every group's value."""
+    ids, codes = np.unique(np.asarray(names, dtype=str), return_inverse=True)
+    links = weakest_links(codes, *rule.candidate_pairs())
+    values = np.array([links[k] for k in range(len(ids)) if ids[k]], dtype=float)
+    held = values[np.isfinite(values)]
+    quantile = (lambda q: round(float(np.quantile(held, q)), 4)) if len(held) else (lambda q: None)
+    return {"n_groups": int(len(values)), "unconnected": int(np.sum(~np.isfinite(values))),
+            "min": quantile(0.0), "p10": quantile(0.1), "median": quantile(0.5),
+            f"below_{WEAK_LINK}": int(np.sum(held < WEAK_LINK)),
+            "per_group": {str(ids[k]): (round(links[k], 4) if math.isfinite(links[k]) else None)
+                          for k in range(len(ids)) if ids[k]}}

@@ -51,7 +51,7 @@ import numpy as np
 
 from simclr_ad.data import DataError, ImageSet
 from simclr_ad.fileio import atomic_write_text
-from simclr_ad.grouping import FEATURE_SIZE, NearDuplicates, infer_groups, thumbnail_features, weakest_links  # noqa: F401 (scripts/probes use splits.thumbnail_features)
+from simclr_ad.grouping import FEATURE_SIZE, NearDuplicates, infer_groups, thumbnail_features, weakest_link_summary  # noqa: F401 (scripts/probes use splits.thumbnail_features)
 
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.01, 0.1, 0.2, 0.5, 1.0)
@@ -503,26 +503,7 @@ def audit(images: ImageSet, splits: dict, max_examples: int = 12) -> dict:
         "n_images": {key: int(np.sum(split_of == key)) for key in SPLITS},
         "group_by": splits.get("group_by"),
         "threshold": rule.threshold(images.classes),
-        "weakest_link": _weakest_link_summary(images, splits, rule),
+        "weakest_link": weakest_link_summary([str(splits["groups"].get(p, "")) for p in images.paths], rule),
         "examples": examples,
     }
 
-
-WEAK_LINK = 0.8  # a group held together by a link below this cosine joins slices that are not near-duplicates
-
-
-def _weakest_link_summary(images: ImageSet, splits: dict, rule: NearDuplicates) -> dict:
-    """How strong the weakest link inside each of the split's groups is (grouping.weakest_links over the
-    within-class candidate pairs): quantiles, the groups below WEAK_LINK, and every group's value."""
-    names = [str(splits["groups"].get(p, "")) for p in images.paths]
-    ids, codes = np.unique(names, return_inverse=True)
-    i, j, cos = rule.candidate_pairs()
-    links = weakest_links(codes, i, j, cos)
-    values = np.array([links[k] for k in range(len(ids)) if ids[k]], dtype=float)
-    held = values[np.isfinite(values)]
-    quantile = (lambda q: round(float(np.quantile(held, q)), 4)) if len(held) else (lambda q: None)
-    return {"n_groups": int(len(values)), "unconnected": int(np.sum(~np.isfinite(values))),
-            "min": quantile(0.0), "p10": quantile(0.1), "median": quantile(0.5),
-            f"below_{WEAK_LINK}": int(np.sum(held < WEAK_LINK)),
-            "per_group": {str(ids[k]): (round(links[k], 4) if math.isfinite(links[k]) else None)
-                          for k in range(len(ids)) if ids[k]}}
