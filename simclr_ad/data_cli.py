@@ -29,6 +29,7 @@ from simclr_ad.config import CommonConfig, build_parser, config_from_args, repla
 from simclr_ad.data import DataError, ImageSet, decode, describe, load_dataset, scan
 from simclr_ad.errors import friendly_errors
 from simclr_ad.fileio import atomic_write_text
+from simclr_ad.grouping import WEAK_LINK
 from simclr_ad.splits import SPLITS, _check_shares, audit, make_splits, read_splits, write_splits
 
 # the stage config keys `split` and `audit` share (CommonConfig fields; audit also reads `splits`)
@@ -161,9 +162,8 @@ def _cmd_audit(args: argparse.Namespace) -> None:
           + ", ".join(f"{k} {100 * v:.1f}%" for k, v in twins.items() if v is not None))
     weak = report["weakest_link"]
     if weak["min"] is not None:
-        below = next(k for k in weak if k.startswith("below_"))
         print(f"  weakest link inside a group (cosine): min {weak['min']}, 10th percentile {weak['p10']}, median "
-              f"{weak['median']}; {weak[below]} of {weak['n_groups']} groups below {below[6:]}"
+              f"{weak['median']}; {weak[f'below_{WEAK_LINK}']} of {weak['n_groups']} groups below {WEAK_LINK}"
               + (f", {weak['unconnected']} not connected by near pairs" if weak["unconnected"] else ""))
     for example in report["examples"]:
         print(f"  {example['cosine']:.5f}  {example['splits']:<10}  {example['a']}  ~  {example['b']}")

@@ -243,8 +243,8 @@ def weakest_links(groups: np.ndarray, i: np.ndarray, j: np.ndarray, cosine: np.n
     tree = minimum_spanning_tree(coo_matrix((2.0 - cos, (a, b)), shape=(len(groups), len(groups))).tocsr()).tocoo()
     links: dict[int, float] = {int(g): 1.0 for g in np.unique(groups)}
     edges = np.zeros(len(groups), dtype=np.int64)
-    for a, b, weight in zip(tree.row, tree.col, tree.data):
-        g = int(groups[a])
+    for row, weight in zip(tree.row, tree.data):
+        g = int(groups[row])
         links[g] = min(links[g], float(2.0 - weight))
         edges[g] += 1
     sizes = np.bincount(groups, minlength=len(edges))

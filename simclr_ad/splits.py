@@ -90,12 +90,13 @@ def _group_ids(images: ImageSet, group_by: str, fragments: bool = False) -> tupl
             "threshold": rule.threshold(images.classes)}
     if not fragments:
         return [f"g{g:04d}" for g in groups], info, None
-    pieces = infer_groups(images, rule, attach=False)
-    number: dict[tuple[int, int], int] = {}
-    for g, piece in zip(groups, pieces):
-        number.setdefault((int(g), int(piece)), sum(1 for key in number if key[0] == g))
-    return ([f"g{g:04d}" for g in groups], info,
-            [f"g{g:04d}f{number[(int(g), int(piece))]}" for g, piece in zip(groups, pieces)])
+    pairs = list(zip(groups.tolist(), infer_groups(images, rule, attach=False).tolist()))
+    number: dict[tuple[int, int], int] = {}  # (group, fragment) -> the fragment's rank in its group
+    seen: Counter = Counter()
+    for pair in pairs:
+        if pair not in number:
+            number[pair], seen[pair[0]] = seen[pair[0]], seen[pair[0]] + 1
+    return [f"g{g:04d}" for g in groups], info, [f"g{g:04d}f{number[(g, f)]}" for g, f in pairs]
 
 
 def _assign(names: list[str], sizes: dict[str, int], targets: dict[str, float],
@@ -506,4 +507,3 @@ def audit(images: ImageSet, splits: dict, max_examples: int = 12) -> dict:
         "weakest_link": weakest_link_summary([str(splits["groups"].get(p, "")) for p in images.paths], rule),
         "examples": examples,
     }
-
