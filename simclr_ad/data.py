@@ -268,13 +268,13 @@ def decode(images: ImageSet, size: int, cache_dir: str | Path | None = None, str
 def phantom_dir(n: int, seed: int, cache_dir: str | Path | None = None, slices_per_subject: int = 32,
                 min_subjects_per_class: int = 2) -> Path:
     """The embedded synthetic dataset, generated on first use into the cache."""
-    from simclr_ad import phantom
+    from simclr_ad import phantom, phantom_files
 
     shape = ("" if slices_per_subject == 32 else f"-s{slices_per_subject}") + \
         ("" if min_subjects_per_class == 2 else f"-m{min_subjects_per_class}")
     root = Path(cache_dir or default_cache_dir()) / f"phantom-v{phantom.PHANTOM_VERSION}-n{n}{shape}-seed{seed}"
-    return phantom.write_dataset(root, n=n, seed=seed, slices_per_subject=slices_per_subject,
-                                 min_subjects_per_class=min_subjects_per_class)
+    return phantom_files.write_dataset(root, n=n, seed=seed, slices_per_subject=slices_per_subject,
+                                       min_subjects_per_class=min_subjects_per_class)
 
 
 def phantom_dir_of(cfg) -> Path:

@@ -237,17 +237,17 @@ def _cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
-    from simclr_ad import phantom
+    from simclr_ad import phantom_files
 
     if not args.out and not args.preview:
         raise DataError("`synth` needs --out DIR (the dataset) and/or --preview PNG (a picture of it)")
     if args.preview:
-        print(f"preview: {phantom.preview(args.preview, seed=args.seed, size=args.size)}")
+        print(f"preview: {phantom_files.preview(args.preview, seed=args.seed, size=args.size)}")
     if args.out and args.format == "nifti":
-        out = phantom.write_volumes(args.out, n=args.n, seed=args.seed, size=args.size)
+        out = phantom_files.write_volumes(args.out, n=args.n, seed=args.seed, size=args.size)
         print(f"wrote {args.n} phantom slices as NIfTI volumes, one per subject, to {out}")
     elif args.out:
-        out = phantom.write_dataset(args.out, n=args.n, seed=args.seed, size=args.size)
+        out = phantom_files.write_dataset(args.out, n=args.n, seed=args.seed, size=args.size)
         print(f"wrote {args.n} phantom images to {out} (manifest: {out / 'manifest.csv'})")
 
 

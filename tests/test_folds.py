@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from simclr_ad import data_cli, folds, phantom, splits
+from simclr_ad import data_cli, folds, phantom_files, splits
 from simclr_ad.data import DataError
 from tests.test_splits import phantom_images
 
@@ -49,7 +49,7 @@ def test_a_rare_class_keeps_its_only_untested_subject_in_train_at_any_val_share(
 
 
 def test_cli_writes_fold_files_every_stage_reads(tmp_path, capsys):
-    root = phantom.write_dataset(tmp_path / "ph", n=320, seed=0, size=32)
+    root = phantom_files.write_dataset(tmp_path / "ph", n=320, seed=0, size=32)
     common = ["--data-dir", str(root), "--image-size", "32", "--cache-dir", str(tmp_path / "cache")]
     data_cli.main(["split", *common, "--folds", "3", "--out", str(tmp_path / "folds")])
     printed = capsys.readouterr().out

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from simclr_ad import phantom
+from simclr_ad import phantom, phantom_files
 from simclr_ad.errors import UserError
-from simclr_ad.phantom import CLASS_SHARES, CLASSES, Phantoms, generate, write_dataset
+from simclr_ad.phantom import CLASS_SHARES, CLASSES, Phantoms, generate
+from simclr_ad.phantom_files import write_dataset
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +191,7 @@ def test_write_dataset_refuses_a_foreign_directory(tmp_path):
 
 
 def test_preview_writes_a_png(tmp_path):
-    out = phantom.preview(tmp_path / "preview.png", size=32)
+    out = phantom_files.preview(tmp_path / "preview.png", size=32)
     with Image.open(out) as image:
         assert image.size[0] >= 6 * 32 and image.size[1] >= 8 * 32
 

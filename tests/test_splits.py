@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from sklearn.metrics import adjusted_rand_score
 
-from simclr_ad import data, data_cli, folds, grouping, phantom, splits
+from simclr_ad import data, data_cli, folds, grouping, phantom, phantom_files, splits
 from simclr_ad.data import DataError, ImageSet
 from simclr_ad.errors import UserError
 
@@ -275,7 +275,7 @@ def test_presplit_layout_is_honoured_and_val_carved_from_train(tmp_path):
 
 
 def test_cli_split_and_audit(tmp_path, capsys):
-    root = phantom.write_dataset(tmp_path / "ph", n=320, seed=0, size=32)
+    root = phantom_files.write_dataset(tmp_path / "ph", n=320, seed=0, size=32)
     common = ["--data-dir", str(root), "--image-size", "32", "--cache-dir", str(tmp_path / "cache")]
     for mode in ("auto", "image"):
         out = tmp_path / f"{mode}.json"
@@ -348,7 +348,7 @@ def test_old_split_files_without_subject_lists_still_load_with_a_derived_ranking
 
 
 def test_cli_split_reads_shared_keys_through_the_stage_config(tmp_path, capsys):
-    root = phantom.write_dataset(tmp_path / "ph", n=320, seed=0, size=32)
+    root = phantom_files.write_dataset(tmp_path / "ph", n=320, seed=0, size=32)
     yaml_file = tmp_path / "c.yaml"
     yaml_file.write_text("image_size: 32\nval_frac: 0.2\nfinetune:\n  epochs: 1\n")
     data_cli.main(["split", "--config", str(yaml_file), "--data-dir", str(root), "--cache-dir", str(tmp_path / "c"),

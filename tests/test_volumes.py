@@ -14,7 +14,7 @@ import torch
 nib = pytest.importorskip("nibabel")
 pydicom = pytest.importorskip("pydicom")
 
-from simclr_ad import data, data_cli, phantom, splits, volume_data, volumes  # noqa: E402
+from simclr_ad import data, data_cli, phantom, phantom_files, splits, volume_data, volumes  # noqa: E402
 from simclr_ad.data import DataError  # noqa: E402
 from simclr_ad.volume_data import Slicing  # noqa: E402
 from tests.conftest import ROOT, TINY  # noqa: E402
@@ -35,7 +35,7 @@ def _real_dicom() -> Path:
 @pytest.fixture(scope="module")
 def phantom_volumes(tmp_path_factory) -> Path:
     """8 phantom subjects x 8 axial slices at 32 px, one .nii.gz per subject in class folders."""
-    return phantom.write_volumes(tmp_path_factory.mktemp("vol") / "phantoms", n=64, seed=0, size=SIZE)
+    return phantom_files.write_volumes(tmp_path_factory.mktemp("vol") / "phantoms", n=64, seed=0, size=SIZE)
 
 
 def _save_nifti(path: Path, array: np.ndarray, affine=None) -> Path:
@@ -155,7 +155,7 @@ def test_phantom_volumes_give_back_the_phantom_slices(phantom_volumes):
     assert np.abs(ours - theirs).mean() < 0.5 * np.abs(ours - mirrored).mean()  # not left-right flipped
     assert [found.classes[y] for y in found.labels] == [p.split("/")[0] for p in found.paths]
     # slice positions along the axis, in mm: 3 mm apart within a volume
-    np.testing.assert_allclose(np.diff(found.positions[:8]), phantom.VOLUME_SLICE_MM)
+    np.testing.assert_allclose(np.diff(found.positions[:8]), phantom_files.VOLUME_SLICE_MM)
 
 
 # --------------------------------------------------------------------------- layouts
@@ -386,7 +386,7 @@ def test_inspect_json_and_preview_figure(phantom_volumes, tmp_path, capsys):
     with Image.open(png) as figure:
         assert figure.size[0] > 300 and figure.size[1] > 150
     with pytest.raises(DataError, match="2-D images"):
-        volume_data.preview(data.scan(phantom.write_dataset(tmp_path / "png", n=16, size=SIZE)), tmp_path / "x.png")
+        volume_data.preview(data.scan(phantom_files.write_dataset(tmp_path / "png", n=16, size=SIZE)), tmp_path / "x.png")
 
 
 def test_synth_format_nifti_cli(tmp_path, capsys):
@@ -396,7 +396,7 @@ def test_synth_format_nifti_cli(tmp_path, capsys):
     volume = nib.load(str(next(out.glob("*/*.nii.gz"))))
     assert volume.shape == (32, 32, 8) and nib.aff2axcodes(volume.affine) == ("L", "A", "S")
     assert volume.header.get_zooms() == pytest.approx((180 / 32, 180 / 32, 3.0))
-    assert phantom.write_volumes(out, n=64, size=32) == out  # a finished set is reused
+    assert phantom_files.write_volumes(out, n=64, size=32) == out  # a finished set is reused
 
 
 @pytest.fixture(scope="module")
@@ -449,7 +449,7 @@ def test_pretrain_finetune_sweep_report_on_phantom_volumes(tmp_path):
     """The three stages on a folder of phantom NIfTI volumes, split by subject without being told."""
     from simclr_ad import finetune, pretrain, report
 
-    root = phantom.write_volumes(tmp_path / "vols", n=192, seed=0, size=SIZE)
+    root = phantom_files.write_volumes(tmp_path / "vols", n=192, seed=0, size=SIZE)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pretrain.main(["--config", TINY, "--data-dir", str(root), "--out", str(tmp_path / "pre"), "--epochs", "1",
