@@ -18,8 +18,12 @@
 # command, finished stages and cells are skipped; it spans sessions:
 #   nohup bash scripts/alz128_results.sh > alz128.log 2>&1 &
 # As in scripts/folds_results.sh, after each stage the records (no checkpoints; test paths redacted) are
-# copied to $OUT: commit them. On a fresh machine the pretrainings re-run (deterministic on one CPU class)
-# and every cell whose committed records match is restored (--restore-from), not re-run.
+# copied to $OUT: commit them. The picked variant's encoder is the one checkpoint kept there too
+# ($OUT/encoder_<variant>.pt, ~45 MB): every SimCLR cell of every fold starts from it and records its
+# SHA-256, so a fresh machine (session 18 lost ~/simclr_ad_runs to one) restores every committed cell
+# (--restore-from) instead of re-pretraining and re-running the SimCLR arm. Once a variant is picked, a
+# fresh machine pretrains only that one (if its encoder is not committed yet); the other variants'
+# committed records stand in for theirs in the ablation report.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 DATA="${DATA:-$ROOT/../shared/data/alzheimer_mri_128}"
@@ -51,15 +55,24 @@ trap 'if [ $? -ne 0 ]; then report multiclass; report binary; fi' EXIT  # a fail
 
 stage split python -m simclr_ad.data split --config "$CONFIG" --data-dir "$DATA" --group-by auto --split-seed 0 --folds "$K" \
   --out "$RUNS/folds"
-for variant in base masked micle; do
+VARIANTS="base masked micle"
+[ -s "$OUT/variant.txt" ] && VARIANTS=$(cat "$OUT/variant.txt")  # picked in an earlier sitting
+for record in "$OUT"/ablation/*/pretrain; do  # committed variants this sitting does not pretrain
+  variant=$(basename "$(dirname "$record")")
+  if [[ " $VARIANTS " != *" $variant "* ]] && [ ! -e "$VAR/$variant/pretrain" ]; then
+    mkdir -p "$VAR/$variant/pretrain" && cp "$record"/config.yaml "$record"/metrics.jsonl "$VAR/$variant/pretrain/"
+  fi
+done
+for variant in $VARIANTS; do
+  [ -f "$OUT/encoder_$variant.pt" ] && continue  # committed: nothing downstream needs its pretraining again
   # shellcheck disable=SC2086  # the variant's flags are meant to split
   stage "pretrain-$variant" python -m simclr_ad.pretrain "${COMMON[@]}" --splits "$RUNS/folds/fold0.json" \
     --pretrain-on all ${VARIANT_FLAGS[$variant]} --out "$VAR/$variant/pretrain"
   ablation || echo "ablation report failed; the study goes on"
 done
 # The pick: the highest kNN monitor at the last epoch, on fold 0's validation subjects (who are test subjects
-# of other folds: a weak, label-using choice among 3, said so in RUN.md).
-python - "$VAR" > "$OUT/variant.txt" <<'EOF'
+# of other folds: a weak, label-using choice among 3, said so in RUN.md). Made once.
+[ -s "$OUT/variant.txt" ] || python - "$VAR" > "$OUT/variant.txt" <<'EOF'
 import sys
 from pathlib import Path
 from simclr_ad.runlog import read_records
@@ -68,7 +81,10 @@ last = {v: [r["knn_balanced_accuracy"] for r in read_records(Path(sys.argv[1]) /
 print(max(last, key=last.get))
 EOF
 PICKED=$(cat "$OUT/variant.txt")
-ENCODER="$VAR/$PICKED/pretrain/encoder.pt"
+ENCODER="$OUT/encoder_$PICKED.pt"
+if [ ! -f "$ENCODER" ]; then  # keep it beside the records (a temporary name first: never half a file)
+  cp "$VAR/$PICKED/pretrain/encoder.pt" "$ENCODER.part" && mv "$ENCODER.part" "$ENCODER"
+fi
 echo "picked pretraining variant: $PICKED"
 # grid NAME "FOLDS" FLAGS...: per fold, the fine-tune sweep of both arms and the reference baselines
 # (majority, raw-pixel kNN and logistic regression, kNN on frozen random-init and SimCLR features) on the
@@ -88,6 +104,9 @@ grid multiclass "$FOLDS" --fractions 0.01 0.1 1.0
 grid binary "$BINARY_FOLDS" --task binary --fractions 0.1 1.0
 for variant in base masked micle; do
   [ "$variant" = "$PICKED" ] && continue
+  if [ ! -f "$VAR/$variant/pretrain/encoder.pt" ]; then  # its encoder was lost with a machine: cut, RUN.md
+    echo "ablation-finetune-$variant skipped: no encoder"; continue
+  fi
   stage "ablation-finetune-$variant" python -m simclr_ad.finetune "${COMMON[@]}" --splits "$RUNS/folds/fold0.json" \
     --label-unit subject --sweep --inits simclr --fractions 0.1 1.0 --seeds 0 \
     --encoder "$VAR/$variant/pretrain/encoder.pt" --out "$VAR/$variant/finetune"
