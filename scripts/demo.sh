@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up .venv (first run only), then the main job end to end on the embedded synthetic
 # phantom dataset: SimCLR pretrain -> fine-tune at 5 label fractions for both arms -> report.
-# 8.3 min on 2 quiet amx cores (results/demo/RUN.md; not timed on avx2, where an earlier 6-epoch recipe took 8.8 min).
+# 4.3 min on 2 avx512_bf16 cores (AMD EPYC; results/demo/RUN.md); with the earlier 200 x 6 phantoms 8.3 min on amx.
 # Re-running resumes and skips finished work.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
