@@ -59,7 +59,7 @@ VARIANTS="base masked micle"
 [ -s "$OUT/variant.txt" ] && VARIANTS=$(cat "$OUT/variant.txt")  # picked in an earlier sitting
 for record in "$OUT"/ablation/*/pretrain; do  # committed variants this sitting does not pretrain
   variant=$(basename "$(dirname "$record")")
-  if [[ " $VARIANTS " != *" $variant "* ]] && [ ! -e "$VAR/$variant/pretrain" ]; then
+  if { [[ " $VARIANTS " != *" $variant "* ]] || [ -f "$OUT/encoder_$variant.pt" ]; } && [ ! -e "$VAR/$variant/pretrain" ]; then
     mkdir -p "$VAR/$variant/pretrain" && cp "$record"/config.yaml "$record"/metrics.jsonl "$VAR/$variant/pretrain/"
   fi
 done
