@@ -18,12 +18,11 @@
 # command, finished stages and cells are skipped; it spans sessions:
 #   nohup bash scripts/alz128_results.sh > alz128.log 2>&1 &
 # As in scripts/folds_results.sh, after each stage the records (no checkpoints; test paths redacted) are
-# copied to $OUT: commit them. The picked variant's encoder is the one checkpoint kept there too
-# ($OUT/encoder_<variant>.pt, ~45 MB): every SimCLR cell of every fold starts from it and records its
-# SHA-256, so a fresh machine (session 18 lost ~/simclr_ad_runs to one) restores every committed cell
-# (--restore-from) instead of re-pretraining and re-running the SimCLR arm. Once a variant is picked, a
-# fresh machine pretrains only that one (if its encoder is not committed yet); the other variants'
-# committed records stand in for theirs in the ablation report.
+# copied to $OUT: commit them. On a fresh machine the picked variant's pretraining re-runs (the encoder,
+# ~45 MB, is never committed); random-init cells whose committed records match are restored
+# (--restore-from), SimCLR cells only where the encoder comes out the same (same CPU class). Once a variant
+# is picked, only that one is pretrained again; the other variants' committed records stand in for theirs
+# in the ablation report.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 DATA="${DATA:-$ROOT/../shared/data/alzheimer_mri_128}"
@@ -59,12 +58,11 @@ VARIANTS="base masked micle"
 [ -s "$OUT/variant.txt" ] && VARIANTS=$(cat "$OUT/variant.txt")  # picked in an earlier sitting
 for record in "$OUT"/ablation/*/pretrain; do  # committed variants this sitting does not pretrain
   variant=$(basename "$(dirname "$record")")
-  if { [[ " $VARIANTS " != *" $variant "* ]] || [ -f "$OUT/encoder_$variant.pt" ]; } && [ ! -e "$VAR/$variant/pretrain" ]; then
+  if [[ " $VARIANTS " != *" $variant "* ]] && [ ! -e "$VAR/$variant/pretrain" ]; then
     mkdir -p "$VAR/$variant/pretrain" && cp "$record"/config.yaml "$record"/metrics.jsonl "$VAR/$variant/pretrain/"
   fi
 done
 for variant in $VARIANTS; do
-  [ -f "$OUT/encoder_$variant.pt" ] && continue  # committed: nothing downstream needs its pretraining again
   # shellcheck disable=SC2086  # the variant's flags are meant to split
   stage "pretrain-$variant" python -m simclr_ad.pretrain "${COMMON[@]}" --splits "$RUNS/folds/fold0.json" \
     --pretrain-on all ${VARIANT_FLAGS[$variant]} --out "$VAR/$variant/pretrain"
@@ -81,10 +79,7 @@ last = {v: [r["knn_balanced_accuracy"] for r in read_records(Path(sys.argv[1]) /
 print(max(last, key=last.get))
 EOF
 PICKED=$(cat "$OUT/variant.txt")
-ENCODER="$OUT/encoder_$PICKED.pt"
-if [ ! -f "$ENCODER" ]; then  # keep it beside the records (a temporary name first: never half a file)
-  cp "$VAR/$PICKED/pretrain/encoder.pt" "$ENCODER.part" && mv "$ENCODER.part" "$ENCODER"
-fi
+ENCODER="$VAR/$PICKED/pretrain/encoder.pt"
 echo "picked pretraining variant: $PICKED"
 # grid NAME "FOLDS" FLAGS...: per fold, the fine-tune sweep of both arms and the reference baselines
 # (majority, raw-pixel kNN and logistic regression, kNN on frozen random-init and SimCLR features) on the
